@@ -1,0 +1,138 @@
+"""The meta-learning core shared by both experiments.
+
+Everything is written for ONE task as a pure function of a parameter list, then
+batched over the tasks of a meta-batch with torch.func.vmap:
+
+  adapt          inner loop: SGD (MAML) or Adam with beta1 = 0 (Reptile) on a
+                 task's support set; returns the parameters after every step.
+  maml_meta_loss mean query loss after adaptation over a meta-batch (one vmapped
+                 call); backpropagating through it gives the MAML meta-gradient,
+                 second order, or first order (FOMAML) when the inner gradients
+                 are detached.
+  reptile_meta_step  theta <- theta + eps * mean_over_tasks(phi_task - theta).
+  evaluate_adaptation  query metric after 0..S adaptation steps, per task.
+
+maml_meta_loss_loop is the same MAML computation as a plain Python loop over
+tasks with torch.autograd.grad: the reference the tests hold the vmapped
+version to, and the baseline of benchmark.py.
+
+`forward(params, x)` is a network from models.py, `loss_fn(prediction, y)` a
+scalar loss (mean over the batch), tensors of a meta-batch carry a leading task
+dimension.
+"""
+import torch
+from torch.func import grad, vmap
+
+ADAM_BETA2 = 0.999
+ADAM_EPS = 1e-8
+
+
+def _minibatch(x, y, step, batch_size):
+    """The step-th mini-batch of a task's data, cycling through it in order."""
+    n = x.shape[0]
+    if batch_size is None or batch_size >= n:
+        return x, y
+    index = (torch.arange(batch_size, device=x.device) + step * batch_size) % n
+    return x[index], y[index]
+
+
+def adapt(forward, loss_fn, params, x, y, steps, lr, first_order=False,
+          optimizer="sgd", batch_size=None):
+    """Adapt `params` to one task's data (x, y); return the list of parameter
+    lists after 0, 1, ..., steps steps.
+
+    optimizer "sgd": p <- p - lr * g (MAML). optimizer "adam": Adam with
+    beta1 = 0 from a fresh state (Reptile's inner loop). With batch_size, each
+    step sees the next mini-batch of the task's data. The inner gradients are
+    part of the autograd graph (second-order MAML) unless first_order is set.
+    """
+    def task_loss(p, xb, yb):
+        return loss_fn(forward(p, xb), yb)
+
+    task_grad = grad(task_loss)
+    trajectory = [params]
+    second_moment = [torch.zeros_like(p) for p in params] if optimizer == "adam" else None
+    for step in range(steps):
+        xb, yb = _minibatch(x, y, step, batch_size)
+        grads = task_grad(params, xb, yb)
+        if first_order:
+            grads = [g.detach() for g in grads]
+        if optimizer == "sgd":
+            params = [p - lr * g for p, g in zip(params, grads)]
+        else:
+            second_moment = [ADAM_BETA2 * v + (1 - ADAM_BETA2) * g * g
+                             for v, g in zip(second_moment, grads)]
+            bias_correction = 1 - ADAM_BETA2 ** (step + 1)
+            params = [p - lr * g / ((v / bias_correction).sqrt() + ADAM_EPS)
+                      for p, g, v in zip(params, grads, second_moment)]
+        trajectory.append(params)
+    return trajectory
+
+
+def maml_meta_loss(forward, loss_fn, params, support, query, steps, lr, first_order=False):
+    """MAML over a meta-batch in one vmapped call.
+
+    support, query: (x, y) with a leading task dimension. Returns the mean query
+    loss after `steps` SGD steps (differentiable w.r.t. params: .backward() gives
+    the meta-gradient) and the query predictions, shape (tasks, n_query, ...).
+    """
+    def one_task(p, support_x, support_y, query_x, query_y):
+        adapted = adapt(forward, loss_fn, p, support_x, support_y, steps, lr, first_order)[-1]
+        prediction = forward(adapted, query_x)
+        return loss_fn(prediction, query_y), prediction
+
+    losses, predictions = vmap(one_task, in_dims=(None, 0, 0, 0, 0))(params, *support, *query)
+    return losses.mean(), predictions
+
+
+def maml_meta_loss_loop(forward, loss_fn, params, support, query, steps, lr, first_order=False):
+    """Reference for maml_meta_loss: a Python loop over tasks, torch.autograd.grad
+    for the inner gradients. Same arguments and results."""
+    losses, predictions = [], []
+    for support_x, support_y, query_x, query_y in zip(*support, *query):
+        adapted = params
+        for _ in range(steps):
+            loss = loss_fn(forward(adapted, support_x), support_y)
+            grads = torch.autograd.grad(loss, adapted, create_graph=not first_order)
+            adapted = [p - lr * g for p, g in zip(adapted, grads)]
+        prediction = forward(adapted, query_x)
+        losses.append(loss_fn(prediction, query_y))
+        predictions.append(prediction)
+    return torch.stack(losses).mean(), torch.stack(predictions)
+
+
+def reptile_meta_step(forward, loss_fn, params, tasks, steps, lr, meta_step_size,
+                      optimizer="adam", batch_size=None):
+    """One Reptile meta-update, in place on `params`:
+    theta <- theta + meta_step_size * mean_over_tasks(phi_task - theta),
+    where phi_task is theta after `steps` inner steps on that task's data.
+    tasks: (x, y) with a leading task dimension. No second derivatives anywhere.
+    Returns the mean loss of the adapted parameters on their tasks' data.
+    """
+    detached = [p.detach() for p in params]
+
+    def one_task(x, y):
+        return adapt(forward, loss_fn, detached, x, y, steps, lr, first_order=True,
+                     optimizer=optimizer, batch_size=batch_size)[-1]
+
+    adapted = vmap(one_task)(*tasks)
+    with torch.no_grad():
+        for p, phi in zip(params, adapted):
+            p.add_(meta_step_size * (phi - p).mean(dim=0))
+        return vmap(lambda phi, x, y: loss_fn(forward(phi, x), y))(adapted, *tasks).mean()
+
+
+def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, steps, lr,
+                        optimizer="sgd", batch_size=None, chunk_size=None):
+    """Adapt to each task's support set and measure metric_fn(prediction, y) on
+    its query set after 0, 1, ..., steps steps. Returns a (tasks, steps + 1) tensor.
+    chunk_size bounds how many tasks are in memory at once."""
+    detached = [p.detach() for p in params]
+
+    def one_task(support_x, support_y, query_x, query_y):
+        trajectory = adapt(forward, loss_fn, detached, support_x, support_y, steps, lr,
+                           first_order=True, optimizer=optimizer, batch_size=batch_size)
+        return torch.stack([metric_fn(forward(p, query_x), query_y) for p in trajectory])
+
+    with torch.no_grad():
+        return vmap(one_task, chunk_size=chunk_size)(*support, *query)

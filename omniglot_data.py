@@ -1,0 +1,227 @@
+"""Omniglot (Lake et al. 2015): download, layout checks, preprocessing, cache,
+splits and vectorised N-way K-shot task sampling.
+
+The data folder holds the release's two archives, images_background.zip
+(30 alphabets, 964 characters) and images_evaluation.zip (20 alphabets, 659
+characters), 20 drawers per character, 105x105 1-bit PNGs laid out as
+<set>/<Alphabet>/characterNN/XXXX_YY.png. Missing archives are downloaded
+(MD5-checked). Archives already there are accepted when their layout is right,
+so re-packed copies with other checksums work too.
+
+Images are resized to 28x28 with LANCZOS and inverted so that strokes are 1,
+as the paper's code does, and cached beside the archives in one .npz file that
+records what it was built from; a stale or damaged cache is rebuilt.
+"""
+import hashlib
+import io
+import os
+import re
+import urllib.error
+import urllib.request
+import zipfile
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+DOWNLOAD_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}"
+RELEASE_MD5 = {
+    "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
+}
+# (alphabets, characters) of each set; every character has DRAWERS images.
+EXPECTED_LAYOUT = {"images_background": (30, 964), "images_evaluation": (20, 659)}
+DRAWERS = 20
+IMAGE_SIZE = 28
+# Pillow ignores the resampling filter for 1-bit images (it uses nearest), so
+# the images are converted to 8-bit grey first and LANCZOS really applies.
+PREPROCESSING = f"grey, LANCZOS resize to {IMAGE_SIZE}x{IMAGE_SIZE}, strokes = 1 (v1)"
+CACHE_NAME = f"omniglot{IMAGE_SIZE}.npz"
+# The paper's split: 1623 characters in sorted order, shuffled with this seed.
+PAPER_SPLIT = dict(train=1100, validation=100, test=423, seed=0)
+# The background split holds out whole background alphabets for validation.
+BACKGROUND_VALIDATION_ALPHABETS = 5
+SPLITS = ("background", "paper")
+_IMAGE_PATH = re.compile(r"^(images_background|images_evaluation)/([^/]+)/(character\d+)/(\d{4})_(\d{2})\.png$")
+
+
+class DataError(Exception):
+    """Something wrong with the data folder; the message is one line for the user."""
+
+
+# ---- archives: download and layout ------------------------------------------
+def _md5(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(name, data_dir):
+    """Fetch one archive into a temporary file, check its MD5, then rename it
+    into place: a partial or corrupt download never becomes the archive."""
+    url = DOWNLOAD_URL.format(name=name)
+    target = os.path.join(data_dir, name)
+    partial = target + ".part"
+    print(f"downloading {url}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as f:
+            expected_size = response.headers.get("Content-Length")
+            while block := response.read(1 << 20):
+                f.write(block)
+        if expected_size is not None and os.path.getsize(partial) != int(expected_size):
+            raise DataError(f"download of {name} was cut short ({os.path.getsize(partial)} of {expected_size} bytes)")
+        if _md5(partial) != RELEASE_MD5[name]:
+            raise DataError(f"download of {name} has the wrong MD5 checksum; not used")
+        os.replace(partial, target)
+    except (urllib.error.URLError, OSError) as error:
+        raise DataError(f"cannot download {name} ({getattr(error, 'reason', error)}): put "
+                        f"{' and '.join(RELEASE_MD5)} from github.com/brendenlake/omniglot (python/) "
+                        f"into {data_dir}") from None
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+def _archive_images(path, set_name):
+    """{(alphabet, character): [(drawer, zip member name)]}, checked against the
+    release's layout."""
+    try:
+        archive = zipfile.ZipFile(path)
+        names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DataError(f"{path} is not a readable zip archive ({error})") from None
+    characters = {}
+    for name in names:
+        match = _IMAGE_PATH.match(name)
+        if match and match.group(1) == set_name:
+            characters.setdefault((match.group(2), match.group(3)), []).append((int(match.group(5)), name))
+    n_alphabets, n_characters = EXPECTED_LAYOUT[set_name]
+    found_alphabets = len({alphabet for alphabet, _ in characters})
+    if (found_alphabets, len(characters)) != (n_alphabets, n_characters):
+        raise DataError(f"{path} does not have the Omniglot layout: expected {n_alphabets} alphabets and "
+                        f"{n_characters} characters under {set_name}/, found {found_alphabets} and {len(characters)}")
+    incomplete = [c for c, images in characters.items() if sorted(d for d, _ in images) != list(range(1, DRAWERS + 1))]
+    if incomplete:
+        raise DataError(f"{path}: character {'/'.join(incomplete[0])} does not have drawers 01-{DRAWERS}")
+    return archive, characters
+
+
+def _preprocess(png_bytes):
+    image = Image.open(io.BytesIO(png_bytes)).convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    return 255 - np.asarray(image, dtype=np.uint8)  # strokes (black in the PNG) become 255
+
+
+def _archive_stamp(path):
+    stat = os.stat(path)
+    return f"{os.path.basename(path)}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
+def load_omniglot(data_dir):
+    """All 1623 characters as uint8 images (characters, drawers, 28, 28), strokes
+    = 255, and their names (set, alphabet, character) in sorted order."""
+    archives = {name: os.path.join(data_dir, name) for name in RELEASE_MD5}
+    for name, path in archives.items():
+        if not os.path.exists(path):
+            os.makedirs(data_dir, exist_ok=True)
+            download(name, data_dir)
+    source = ";".join(_archive_stamp(path) for path in archives.values())
+    cache_path = os.path.join(data_dir, CACHE_NAME)
+    cached = _read_cache(cache_path, source)
+    if cached is not None:
+        return cached
+    names, images = [], []
+    for name, path in archives.items():
+        set_name = name[:-len(".zip")]
+        archive, characters = _archive_images(path, set_name)
+        with archive:
+            for alphabet, character in sorted(characters):
+                members = sorted(characters[(alphabet, character)])
+                try:
+                    images.append(np.stack([_preprocess(archive.read(member)) for _, member in members]))
+                except (zipfile.BadZipFile, OSError, ValueError) as error:
+                    raise DataError(f"{path}: cannot read images of {alphabet}/{character} ({error})") from None
+                names.append((set_name, alphabet, character))
+    images, names = np.stack(images), np.array(names)
+    temporary = cache_path + ".tmp.npz"
+    np.savez(temporary, images=images, names=names, source=source, preprocessing=PREPROCESSING)
+    os.replace(temporary, cache_path)
+    return images, names
+
+
+def _read_cache(path, source):
+    """The cached arrays, or None when there is no cache or it is stale or damaged."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path) as cache:
+            if str(cache["source"]) != source or str(cache["preprocessing"]) != PREPROCESSING:
+                return None
+            images, names = cache["images"], cache["names"]
+    except Exception:  # any unreadable cache is simply rebuilt
+        return None
+    n_characters = sum(c for _, c in EXPECTED_LAYOUT.values())
+    if images.shape != (n_characters, DRAWERS, IMAGE_SIZE, IMAGE_SIZE) or names.shape != (n_characters, 3):
+        return None
+    return images, names
+
+
+# ---- splits ----------------------------------------------------------------------
+def split_characters(names, split):
+    """Character indices of the train, validation and test sets of a split."""
+    n = len(names)
+    if split == "paper":
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(PAPER_SPLIT["seed"])).tolist()
+        train, validation = PAPER_SPLIT["train"], PAPER_SPLIT["validation"]
+        return order[:train], order[train:train + validation], order[train + validation:]
+    background = [i for i in range(n) if names[i][0] == "images_background"]
+    alphabets = sorted({names[i][1] for i in background})
+    shuffled = torch.randperm(len(alphabets), generator=torch.Generator().manual_seed(0)).tolist()
+    held_out = {alphabets[i] for i in shuffled[:BACKGROUND_VALIDATION_ALPHABETS]}
+    return ([i for i in background if names[i][1] not in held_out],
+            [i for i in background if names[i][1] in held_out],
+            [i for i in range(n) if names[i][0] == "images_evaluation"])
+
+
+# ---- tasks -----------------------------------------------------------------------
+class TaskSampler:
+    """N-way tasks from a set of characters held as one float tensor on the device.
+
+    With rotations, each character gives four classes (0/90/180/270 degrees).
+    Support and query images of a class come from disjoint drawers. Labels are
+    the class's position in the task, 0..N-1.
+    """
+
+    def __init__(self, images, rotations, device):
+        self.images = torch.as_tensor(images, dtype=torch.float32, device=device).div_(255)
+        self.rotations = 4 if rotations else 1
+        self.n_classes = len(self.images) * self.rotations
+
+    def sample(self, n_tasks, n_way, support_shots, query_shots, generator):
+        """Support (x, y) and query (x, y), x of shape (tasks, n_way * shots, 1, 28, 28)."""
+        classes = torch.rand(n_tasks, self.n_classes, generator=generator).argsort(dim=1)[:, :n_way]
+        drawers = torch.rand(n_tasks, n_way, DRAWERS, generator=generator).argsort(dim=2)
+        drawers = drawers[:, :, :support_shots + query_shots]
+        device = self.images.device
+        characters = (classes // self.rotations).to(device)
+        x = self.images[characters[:, :, None], drawers.to(device)]  # (tasks, way, shots, 28, 28)
+        rotation = (classes % self.rotations).to(device)[:, :, None, None, None]
+        x = sum(torch.where(rotation == r, x.rot90(r, dims=(3, 4)), 0) for r in range(self.rotations))
+        y = torch.arange(n_way, device=device).view(1, n_way, 1).expand(n_tasks, -1, support_shots + query_shots)
+
+        def flat(t):
+            return t.reshape(n_tasks, -1, *t.shape[3:])
+        support = (flat(x[:, :, :support_shots, None]), flat(y[:, :, :support_shots]))
+        query = (flat(x[:, :, support_shots:, None]), flat(y[:, :, support_shots:]))
+        return self._shuffled(support, generator), self._shuffled(query, generator)
+
+    @staticmethod
+    def _shuffled(task_data, generator):
+        """The same images in a random order per task, so that mini-batches of a
+        task (Reptile) mix its classes."""
+        x, y = task_data
+        order = torch.rand(y.shape, generator=generator).argsort(dim=1).to(y.device)
+        return x[torch.arange(len(x), device=y.device)[:, None], order], y.gather(1, order)

@@ -1,0 +1,302 @@
+"""Omniglot N-way K-shot classification with MAML (Finn et al. 2017, section 5.2,
+Table 1, appendix A.1), first-order MAML and Reptile.
+
+    python omniglot_maml.py                          # 5-way 1-shot, the paper's setting
+    python omniglot_maml.py --n-way 20 --k-shot 5    # any of Table 1's four configurations
+    python omniglot_maml.py --split paper            # the paper's 1100/100/423 character split
+    python omniglot_maml.py --out-dir results/omniglot/RUN --eval-only   # test a saved run
+
+Every value in CONFIG can be overridden as --name value (dashes for underscores).
+A run writes config.json, metrics.csv, checkpoint.pt (latest), best.pt (best
+validation accuracy), results.json and plots to its folder; --resume continues it.
+
+Batch norm always uses the statistics of the batch it sees, at meta-test time
+too: the query set of a task is classified as one batch (transductive, as in
+the paper and its code).
+"""
+import functools
+import json
+import os
+import sys
+import time
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import meta_learning  # noqa: E402
+import models  # noqa: E402
+import omniglot_data  # noqa: E402
+import utils  # noqa: E402
+
+CONFIG = dict(
+    algorithm="maml",           # maml (second order) | fomaml (first order) | reptile
+    n_way=5,
+    k_shot=1,                   # support images per class; the query set has as many (official code)
+    split="background",         # background: meta-train on images_background (minus 5 validation
+                                # alphabets), meta-test on images_evaluation; paper: 1100/100/423
+    model="cnn",                # cnn (stride-2 convs, the paper's) | maxpool | mlp (256-128-64-64, "no conv")
+    rotate_test_classes=False,  # rotations as new classes for validation/test too (the official code does)
+    meta_lr=1e-3,               # Adam, outer loop of maml/fomaml
+    # None: the paper's value for this algorithm and N-way (PAPER_DEFAULTS below).
+    meta_iterations=None,
+    meta_batch_size=None,       # tasks per meta-update
+    inner_lr=None,              # maml/fomaml: SGD step on the official inner loss; reptile: Adam step
+    inner_steps=None,           # adaptation steps in meta-training
+    test_steps=None,            # adaptation steps of the headline test accuracy
+    reptile_train_shots=10,     # images per class of a Reptile meta-training task
+    reptile_inner_batch=None,   # images per Reptile inner step in meta-training
+    reptile_eval_batch=None,    # images per Reptile inner step at validation/test
+    reptile_meta_step=1.0,      # outer step size, annealed linearly to 0
+    validate_every=500,         # iterations between validations (and checkpoints)
+    validation_tasks=200,
+    test_tasks=600,
+    data_dir="data/omniglot",
+    device="auto",              # auto | cpu | cuda
+    seed=0,
+    out_dir="",                 # default: results/omniglot/<algorithm>-<split>-<N>w<K>s-seed<seed>
+    resume=False,
+    eval_only=False,            # only test the run's best checkpoint
+)
+# Paper settings. MAML (Finn et al. App. A.1): its code's inner loss is the sum over
+# classes of the mean cross-entropy over shots, i.e. N x the mean cross-entropy;
+# we use the mean, so the inner SGD step is inner_lr x N. Reptile (Nichol et al.,
+# their public Omniglot command lines): Adam with beta1 = 0 in the inner loop.
+# N-ways other than 5 and 20 take the 5-way values below 20, the 20-way ones above.
+PAPER_DEFAULTS = {
+    ("maml", 5): dict(meta_iterations=60_000, meta_batch_size=32, inner_lr=0.4, inner_steps=1, test_steps=3),
+    ("maml", 20): dict(meta_iterations=60_000, meta_batch_size=16, inner_lr=0.1, inner_steps=5, test_steps=5),
+    ("reptile", 5): dict(meta_iterations=100_000, meta_batch_size=5, inner_lr=1e-3, inner_steps=5,
+                         test_steps=50, reptile_inner_batch=10, reptile_eval_batch=5),
+    ("reptile", 20): dict(meta_iterations=200_000, meta_batch_size=5, inner_lr=5e-4, inner_steps=10,
+                          test_steps=50, reptile_inner_batch=20, reptile_eval_batch=10),
+}
+AUTO_TYPES = {"meta_iterations": int, "meta_batch_size": int, "inner_lr": float, "inner_steps": int,
+              "test_steps": int, "reptile_inner_batch": int, "reptile_eval_batch": int}
+ALGORITHMS = ("maml", "fomaml", "reptile")
+MODELS = ("cnn", "maxpool", "mlp")
+REPORTED_STEPS = 10  # test accuracy is reported after 0..max(10, test_steps) steps
+VALIDATION_SEED, TEST_SEED = 1, 2  # the same validation and test tasks for every run
+CHUNK_TASKS = 50  # tasks adapted at once during validation and test
+
+
+def resolve_paper_defaults(cfg):
+    family = "reptile" if cfg.algorithm == "reptile" else "maml"
+    paper = PAPER_DEFAULTS[(family, 5 if cfg.n_way < 20 else 20)]
+    for key, value in paper.items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
+    for key in AUTO_TYPES:  # keys the other algorithm family does not use stay None
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, None)
+
+
+def validate(cfg):
+    if cfg.algorithm not in ALGORITHMS:
+        utils.fail(f"--algorithm must be one of {', '.join(ALGORITHMS)}, not {cfg.algorithm!r}")
+    if cfg.split not in omniglot_data.SPLITS:
+        utils.fail(f"--split must be one of {', '.join(omniglot_data.SPLITS)}, not {cfg.split!r}")
+    if cfg.model not in MODELS:
+        utils.fail(f"--model must be one of {', '.join(MODELS)}, not {cfg.model!r}")
+    for key in ("n_way", "k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "test_steps",
+                "reptile_train_shots", "reptile_inner_batch", "reptile_eval_batch", "validate_every",
+                "validation_tasks"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            utils.fail(f"--{key.replace('_', '-')} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.n_way < 2:
+        utils.fail(f"--n-way must be at least 2, got {cfg.n_way}")
+    for key in ("meta_lr", "inner_lr", "reptile_meta_step"):
+        if not getattr(cfg, key) > 0:
+            utils.fail(f"--{key.replace('_', '-')} must be positive, got {getattr(cfg, key)}")
+    if cfg.test_tasks < 2:
+        utils.fail(f"--test-tasks must be at least 2 for a confidence interval, got {cfg.test_tasks}")
+    drawers = omniglot_data.DRAWERS
+    if 2 * cfg.k_shot > drawers:
+        utils.fail(f"--k-shot {cfg.k_shot} with as many query images needs {2 * cfg.k_shot} drawers; "
+                   f"each character has {drawers}")
+    if cfg.algorithm == "reptile" and cfg.reptile_train_shots > drawers:
+        utils.fail(f"--reptile-train-shots {cfg.reptile_train_shots} exceeds the {drawers} drawers per character")
+
+
+def accuracy(logits, labels):
+    return (logits.argmax(dim=-1) == labels).float().mean()
+
+
+def build_network(model, n_way, generator, device):
+    """Initial parameters and forward function of the chosen network."""
+    if model == "mlp":
+        params = models.init_mlp([28 * 28, 256, 128, 64, 64, n_way], batch_norm=True, generator=generator)
+
+        def forward(p, x):
+            return models.mlp(p, x.flatten(1), batch_norm=True)
+    else:
+        params = models.init_cnn(n_way, generator=generator)
+        forward = functools.partial(models.cnn, max_pool=model == "maxpool")
+    return [p.to(device).requires_grad_() for p in params], forward
+
+
+def main(argv=None):
+    # ---- config -------------------------------------------------------------
+    cfg, given = utils.parse_config(CONFIG, argv, __doc__.split("\n\n")[0], types=AUTO_TYPES)
+    resolve_paper_defaults(cfg)
+    validate(cfg)
+    run_dir = cfg.out_dir or os.path.join(
+        "results", "omniglot", f"{cfg.algorithm}-{cfg.split}-{cfg.n_way}w{cfg.k_shot}s-seed{cfg.seed}")
+    resuming = cfg.resume or cfg.eval_only
+    utils.prepare_run_dir(run_dir, resuming)
+    checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
+    checkpoint = utils.load_checkpoint(checkpoint_path) if resuming else None
+    if checkpoint:
+        cfg = utils.resumed_config(checkpoint["config"], cfg, given)
+    device = utils.pick_device(cfg.device)
+
+    # ---- data ---------------------------------------------------------------
+    try:
+        images, names = omniglot_data.load_omniglot(cfg.data_dir)
+    except omniglot_data.DataError as error:
+        utils.fail(str(error))
+    train_chars, validation_chars, test_chars = omniglot_data.split_characters(names, cfg.split)
+    samplers = {
+        "train": omniglot_data.TaskSampler(images[train_chars], rotations=True, device=device),
+        "validation": omniglot_data.TaskSampler(images[validation_chars], cfg.rotate_test_classes, device),
+        "test": omniglot_data.TaskSampler(images[test_chars], cfg.rotate_test_classes, device),
+    }
+    for part, sampler in samplers.items():
+        if cfg.n_way > sampler.n_classes:
+            utils.fail(f"--n-way {cfg.n_way} exceeds the {sampler.n_classes} classes of the "
+                       f"{cfg.split} split's {part} set")
+    print(json.dumps(vars(cfg), indent=2))
+    print(f"device {device}; classes: " + ", ".join(f"{p} {s.n_classes}" for p, s in samplers.items()))
+    utils.save_json(vars(cfg), os.path.join(run_dir, "config.json"))
+
+    # ---- model --------------------------------------------------------------
+    params, forward = build_network(cfg.model, cfg.n_way, torch.Generator().manual_seed(cfg.seed), device)
+    optimizer = torch.optim.Adam(params, lr=cfg.meta_lr)
+    task_generator = torch.Generator().manual_seed(cfg.seed)
+    start, train_seconds, best = 0, 0.0, dict(accuracy=-1.0, iteration=0)
+    if checkpoint:
+        with torch.no_grad():
+            for p, saved in zip(params, checkpoint["params"]):
+                p.copy_(saved)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        task_generator.set_state(checkpoint["task_generator"])
+        start, train_seconds, best = checkpoint["iteration"], checkpoint["train_seconds"], checkpoint["best"]
+
+    if cfg.algorithm == "reptile":
+        adaptation = dict(lr=cfg.inner_lr, optimizer="adam", batch_size=cfg.reptile_eval_batch)
+    else:
+        adaptation = dict(lr=cfg.inner_lr * cfg.n_way, optimizer="sgd", batch_size=None)
+
+    def evaluate(sampler, n_tasks, seed, steps, parameters):
+        """Query accuracy of n_tasks fixed tasks after 0..steps adaptation steps, (tasks, steps + 1)."""
+        support, query = sampler.sample(n_tasks, cfg.n_way, cfg.k_shot, cfg.k_shot,
+                                        torch.Generator().manual_seed(seed))
+        return meta_learning.evaluate_adaptation(
+            forward, F.cross_entropy, accuracy, parameters, support, query, steps,
+            chunk_size=CHUNK_TASKS, **adaptation).cpu()
+
+    # ---- meta-training ------------------------------------------------------
+    metrics = utils.MetricsLog(os.path.join(run_dir, "metrics.csv"),
+                               ["iteration", "train_loss", "train_accuracy", "validation_accuracy"],
+                               resume_iteration=start if checkpoint else None)
+    window_loss, window_accuracy = [], []
+    progress = tqdm(range(start, 0 if cfg.eval_only else cfg.meta_iterations), initial=start,
+                    total=cfg.meta_iterations, desc=f"{cfg.algorithm} {cfg.n_way}-way {cfg.k_shot}-shot",
+                    dynamic_ncols=True)
+    window_start = time.perf_counter()
+    for iteration in progress:
+        if cfg.algorithm == "reptile":
+            tasks, _ = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.reptile_train_shots, 0,
+                                                task_generator)
+            meta_step_size = cfg.reptile_meta_step * (1 - iteration / cfg.meta_iterations)
+            loss, predictions = meta_learning.reptile_meta_step(
+                forward, F.cross_entropy, params, tasks, cfg.inner_steps, cfg.inner_lr, meta_step_size,
+                optimizer="adam", batch_size=cfg.reptile_inner_batch)
+            labels = tasks[1]
+        else:
+            support, query = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_shot,
+                                                      task_generator)
+            loss, predictions = meta_learning.maml_meta_loss(
+                forward, F.cross_entropy, params, support, query, cfg.inner_steps,
+                cfg.inner_lr * cfg.n_way, first_order=cfg.algorithm == "fomaml")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            labels = query[1]
+        window_loss.append(loss.item())
+        window_accuracy.append(accuracy(predictions, labels).item())
+
+        done = iteration + 1
+        if done % cfg.validate_every == 0 or done == cfg.meta_iterations:
+            validation_accuracy = evaluate(samplers["validation"], cfg.validation_tasks, VALIDATION_SEED,
+                                           cfg.test_steps, params)[:, -1].mean().item()
+            metrics.log(iteration=done, train_loss=sum(window_loss) / len(window_loss),
+                        train_accuracy=sum(window_accuracy) / len(window_accuracy),
+                        validation_accuracy=validation_accuracy)
+            window_loss, window_accuracy = [], []
+            if validation_accuracy > best["accuracy"]:
+                best = dict(accuracy=validation_accuracy, iteration=done)
+                utils.save_checkpoint(dict(params=[p.detach().cpu() for p in params], best=best), best_path)
+            train_seconds += time.perf_counter() - window_start
+            utils.save_checkpoint(dict(
+                config=vars(cfg), iteration=done, train_seconds=train_seconds, best=best,
+                params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
+                task_generator=task_generator.get_state()), checkpoint_path)
+            progress.set_postfix(val_acc=f"{validation_accuracy:.3f}", best=f"{best['accuracy']:.3f}")
+            window_start = time.perf_counter()
+    progress.close()
+
+    # ---- meta-test: the best checkpoint on 600 fixed test tasks --------------
+    best_params = [p.to(device) for p in utils.load_checkpoint(best_path)["params"]]
+    reported_steps = max(REPORTED_STEPS, cfg.test_steps)
+    mean, ci = utils.mean_ci95(evaluate(samplers["test"], cfg.test_tasks, TEST_SEED, reported_steps, best_params))
+    results = {"test": {
+        "accuracy": {"mean": mean.tolist(), "ci95": ci.tolist()},
+        "headline_step": cfg.test_steps, "tasks": cfg.test_tasks, "split": cfg.split,
+        "best_iteration": best["iteration"], "best_validation_accuracy": best["accuracy"],
+        "meta_iterations": cfg.meta_iterations, "train_seconds": round(train_seconds, 1)}}
+    utils.save_json(results, os.path.join(run_dir, "results.json"))
+    s = cfg.test_steps
+    print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot, best iteration {best['iteration']}: "
+          f"test accuracy after {s} steps {100 * mean[s]:.2f} ± {100 * ci[s]:.2f}% ({cfg.test_tasks} tasks); "
+          f"trained {train_seconds:.0f} s")
+
+    # ---- plots --------------------------------------------------------------
+    plot_training(metrics.read(), os.path.join(run_dir, "training_curves.png"))
+    plot_test_accuracy(results["test"], f"{cfg.algorithm}, {cfg.n_way}-way {cfg.k_shot}-shot, {cfg.split}",
+                       os.path.join(run_dir, "test_accuracy.png"))
+    print(f"results in {run_dir}")
+    return results
+
+
+def plot_training(rows, path):
+    fig, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
+    iterations = [r["iteration"] for r in rows]
+    loss_ax.plot(iterations, [r["train_loss"] for r in rows])
+    loss_ax.set(xlabel="meta-iteration", ylabel="meta-train loss after adaptation", yscale="log")
+    accuracy_ax.plot(iterations, [r["train_accuracy"] for r in rows], label="meta-train (query)")
+    accuracy_ax.plot(iterations, [r["validation_accuracy"] for r in rows], label="validation")
+    accuracy_ax.set(xlabel="meta-iteration", ylabel="accuracy after adaptation")
+    accuracy_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_test_accuracy(test, title, path):
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    utils.plot_with_ci(ax, test["accuracy"]["mean"], test["accuracy"]["ci95"], "test accuracy")
+    s = test["headline_step"]
+    ax.axvline(s, color="grey", linestyle=":", label=f"headline: {s} steps")
+    ax.set(xlabel="adaptation steps", ylabel="query accuracy", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

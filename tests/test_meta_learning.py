@@ -1,0 +1,153 @@
+"""The vmapped meta-learning core against plain per-task references, in float64."""
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import meta_learning
+import models
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def mse(prediction, y):
+    return (prediction - y).pow(2).mean()
+
+
+def relative_error(a, b):
+    return max(((x - y).norm() / y.norm()).item() for x, y in zip(a, b))
+
+
+def meta_gradient(meta_loss_fn, forward, loss_fn, params, support, query, steps, lr, first_order):
+    loss, _ = meta_loss_fn(forward, loss_fn, params, support, query, steps, lr, first_order)
+    return torch.autograd.grad(loss, params)
+
+
+def mlp_problem(generator):
+    params = [p.requires_grad_() for p in models.init_mlp([1, 40, 40, 1], generator=generator,
+                                                           dtype=torch.float64)]
+    x = torch.rand(5, 20, 1, generator=generator) * 10 - 5
+    y = torch.sin(x) * torch.rand(5, 1, 1, generator=generator) * 4
+    return models.mlp, mse, params, (x[:, :10], y[:, :10]), (x[:, 10:], y[:, 10:]), 0.01
+
+
+def cnn_problem(generator, max_pool=False):
+    n_way, tasks = 3, 4
+    params = [p.requires_grad_() for p in models.init_cnn(n_way, generator=generator,
+                                                           dtype=torch.float64)]
+    images = torch.rand(tasks, 2 * 2 * n_way, 1, 28, 28, generator=generator)
+    labels = torch.arange(n_way).repeat(4).expand(tasks, -1)
+    forward = functools.partial(models.cnn, max_pool=max_pool)
+    return (forward, F.cross_entropy, params, (images[:, :6], labels[:, :6]),
+            (images[:, 6:], labels[:, 6:]), 0.4)
+
+
+def bn_mlp_problem(generator):
+    params = [p.requires_grad_() for p in models.init_mlp([784, 256, 128, 64, 64, 5], batch_norm=True,
+                                                           generator=generator, dtype=torch.float64)]
+    images = torch.rand(3, 20, 784, generator=generator)
+    labels = torch.arange(5).repeat(4).expand(3, -1)
+    forward = functools.partial(models.mlp, batch_norm=True)
+    return forward, F.cross_entropy, params, (images[:, :10], labels[:, :10]), (images[:, 10:], labels[:, 10:]), 0.4
+
+
+PROBLEMS = {"mlp": mlp_problem, "cnn": cnn_problem,
+            "cnn-maxpool": functools.partial(cnn_problem, max_pool=True), "mlp-batchnorm": bn_mlp_problem}
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_vmapped_meta_gradient_matches_per_task_loop(problem, steps, first_order):
+    forward, loss_fn, params, support, query, lr = PROBLEMS[problem](torch.Generator().manual_seed(0))
+    args = (forward, loss_fn, params, support, query, steps, lr, first_order)
+    vmapped = meta_gradient(meta_learning.maml_meta_loss, *args)
+    loop = meta_gradient(meta_learning.maml_meta_loss_loop, *args)
+    assert relative_error(vmapped, loop) < 1e-10
+    loss_vmapped, predictions_vmapped = meta_learning.maml_meta_loss(*args)
+    loss_loop, predictions_loop = meta_learning.maml_meta_loss_loop(*args)
+    torch.testing.assert_close(loss_vmapped, loss_loop, rtol=1e-12, atol=0)
+    torch.testing.assert_close(predictions_vmapped, predictions_loop, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("problem", ["mlp", "cnn"])
+def test_first_order_meta_gradient_is_query_gradient_at_adapted_params(problem):
+    """FOMAML: the mean over tasks of the query-loss gradient at phi, with phi
+    reached by inner steps whose gradients are treated as constants."""
+    forward, loss_fn, params, support, query, lr = PROBLEMS[problem](torch.Generator().manual_seed(1))
+    steps = 2
+    expected = [torch.zeros_like(p) for p in params]
+    for sx, sy, qx, qy in zip(*support, *query):
+        phi = [p.detach() for p in params]
+        for _ in range(steps):
+            phi = [p.requires_grad_() for p in phi]
+            grads = torch.autograd.grad(loss_fn(forward(phi, sx), sy), phi)
+            phi = [(p - lr * g).detach() for p, g in zip(phi, grads)]
+        phi = [p.requires_grad_() for p in phi]
+        for total, g in zip(expected, torch.autograd.grad(loss_fn(forward(phi, qx), qy), phi)):
+            total += g / len(support[0])
+    args = (forward, loss_fn, params, support, query, steps, lr)
+    first_order = meta_gradient(meta_learning.maml_meta_loss, *args, first_order=True)
+    second_order = meta_gradient(meta_learning.maml_meta_loss, *args, first_order=False)
+    assert relative_error(first_order, expected) < 1e-10
+    assert relative_error(second_order, expected) > 1e-4  # the second-order terms are really there
+
+
+def hand_adapted_line(w, b, xs, ys, steps, lr, optimizer, batch_size):
+    """Inner loop on y ~ w x + b written out with Python floats."""
+    v_w = v_b = 0.0
+    for step in range(steps):
+        index = [(step * batch_size + i) % len(xs) for i in range(batch_size)]
+        residual = [w * xs[i] + b - ys[i] for i in index]
+        g_w = 2 * sum(r * xs[i] for r, i in zip(residual, index)) / batch_size
+        g_b = 2 * sum(residual) / batch_size
+        if optimizer == "sgd":
+            w, b = w - lr * g_w, b - lr * g_b
+        else:
+            beta2 = meta_learning.ADAM_BETA2
+            v_w, v_b = beta2 * v_w + (1 - beta2) * g_w ** 2, beta2 * v_b + (1 - beta2) * g_b ** 2
+            correction = 1 - beta2 ** (step + 1)
+            eps = meta_learning.ADAM_EPS
+            w -= lr * g_w / ((v_w / correction) ** 0.5 + eps)
+            b -= lr * g_b / ((v_b / correction) ** 0.5 + eps)
+    return w, b
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("batch_size", [3, 6])
+def test_reptile_meta_step_moves_params_by_eps_times_mean_displacement(optimizer, batch_size):
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(4, 6, 1, generator=generator)
+    y = torch.rand(4, 6, 1, generator=generator)
+    w0, b0, steps, lr, eps = 0.3, -0.2, 3, 0.1, 0.7
+    params = [torch.tensor([[w0]]), torch.tensor([b0])]
+    returned_loss = meta_learning.reptile_meta_step(models.mlp, mse, params, (x, y), steps, lr, eps,
+                                                    optimizer=optimizer, batch_size=batch_size)
+    adapted = [hand_adapted_line(w0, b0, x[t, :, 0].tolist(), y[t, :, 0].tolist(), steps, lr,
+                                 optimizer, batch_size) for t in range(4)]
+    expected_w = w0 + eps * sum(w - w0 for w, _ in adapted) / 4
+    expected_b = b0 + eps * sum(b - b0 for _, b in adapted) / 4
+    assert params[0].item() == pytest.approx(expected_w, rel=1e-12)
+    assert params[1].item() == pytest.approx(expected_b, rel=1e-12)
+    expected_loss = sum(((w * x[t] + b - y[t]) ** 2).mean().item() for t, (w, b) in enumerate(adapted)) / 4
+    assert returned_loss.item() == pytest.approx(expected_loss, rel=1e-12)
+
+
+def test_evaluate_adaptation_reports_metric_after_each_step():
+    forward, loss_fn, params, support, query, lr = mlp_problem(torch.Generator().manual_seed(3))
+    per_step = meta_learning.evaluate_adaptation(forward, loss_fn, loss_fn, params, support, query, 3, lr)
+    assert per_step.shape == (5, 4)
+    for task in range(5):
+        for steps in range(4):
+            _, prediction = meta_learning.maml_meta_loss_loop(
+                forward, loss_fn, params, (support[0][task:task + 1], support[1][task:task + 1]),
+                (query[0][task:task + 1], query[1][task:task + 1]), steps, lr)
+            expected = loss_fn(prediction[0], query[1][task])
+            assert per_step[task, steps].item() == pytest.approx(expected.item(), rel=1e-10)

@@ -1,0 +1,114 @@
+"""sinusoid_maml.py end to end: learning, command line, bad input, resume."""
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+import sinusoid_maml
+import utils
+
+QUICK = ["--eval-tasks", "50", "--eval-k-shots", "5,10", "--log-every", "10"]
+
+
+def run(out_dir, *args):
+    return sinusoid_maml.main([*args, "--out-dir", str(out_dir), *QUICK])
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_short_training_makes_adaptation_work(tmp_path, algorithm):
+    results = run(tmp_path / algorithm, "--algorithm", algorithm, "--meta-iterations", "300")
+    mse = results["mse"][algorithm]["10"]["mean"]
+    assert mse[10] < 0.7 * mse[0]
+    assert set(results["mse"]) == {algorithm, "pretrained"}
+    for name in ("config.json", "metrics.csv", "checkpoint.pt", "results.json",
+                 "training_curve.png", "mse_vs_steps.png", "fits.png"):
+        assert os.path.getsize(tmp_path / algorithm / name) > 0
+    with open(tmp_path / algorithm / "results.json") as f:
+        saved = json.load(f)
+    assert len(saved["mse"]["pretrained"]["5"]["ci95"]) == 11
+
+
+def test_command_line_overrides_reach_the_run(tmp_path):
+    run(tmp_path, "--meta-iterations", "20", "--k-shot", "5", "--seed", "3", "--inner-lr", "0.02")
+    with open(tmp_path / "config.json") as f:
+        config = json.load(f)
+    assert (config["meta_iterations"], config["k_shot"], config["seed"], config["inner_lr"]) == (20, 5, 3, 0.02)
+    assert config["meta_batch_size"] == 25  # untouched values keep the paper's defaults
+    with open(tmp_path / "metrics.csv") as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [10, 20]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--no-such-flag", "1"], "unrecognized arguments"),
+    (["--k-shot", "five"], "invalid int value"),
+    (["--k-shot", "0"], "--k-shot must be at least 1"),
+    (["--inner-lr", "-0.01"], "--inner-lr must be positive"),
+    (["--meta-lr", "0"], "--meta-lr must be positive"),
+    (["--algorithm", "sgd"], "--algorithm must be one of"),
+    (["--eval-k-shots", "5,x"], "--eval-k-shots must be comma-separated integers"),
+    (["--resume"], "no checkpoint"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        sinusoid_maml.main([*args, "--out-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_out_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        sinusoid_maml.main(["--out-dir", str(tmp_path / "file")])
+    assert exit_info.value.code == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    run(tmp_path, "--meta-iterations", "10")
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--meta-iterations", "10")
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, algorithm):
+    args = ["--algorithm", algorithm, "--meta-iterations", "60", "--checkpoint-every", "20"]
+    run(tmp_path / "straight", *args)
+
+    sample = sinusoid_maml.sample_sinusoids
+    calls = {"n": 0}
+
+    def sample_then_die(*a, **kw):  # the process dies during iteration 51, after the checkpoint at 40
+        calls["n"] += 1
+        if calls["n"] == 51:
+            raise KeyboardInterrupt
+        return sample(*a, **kw)
+
+    monkeypatch.setattr(sinusoid_maml, "sample_sinusoids", sample_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", *args)
+    assert utils.load_checkpoint(str(tmp_path / "killed" / "checkpoint.pt"))["iteration"] == 40
+    monkeypatch.setattr(sinusoid_maml, "sample_sinusoids", sample)
+    resumed = run(tmp_path / "killed", "--resume")
+
+    straight_ckpt = utils.load_checkpoint(str(tmp_path / "straight" / "checkpoint.pt"))
+    resumed_ckpt = utils.load_checkpoint(str(tmp_path / "killed" / "checkpoint.pt"))
+    for key in ("meta_params", "baseline_params"):
+        for a, b in zip(straight_ckpt[key], resumed_ckpt[key]):
+            assert torch.equal(a, b)
+    assert (tmp_path / "straight" / "metrics.csv").read_text() == (tmp_path / "killed" / "metrics.csv").read_text()
+    with open(tmp_path / "straight" / "results.json") as f:
+        assert json.load(f)["mse"] == resumed["mse"]
+
+
+def test_resume_refuses_a_changed_hyperparameter(tmp_path, capsys):
+    run(tmp_path, "--meta-iterations", "10")
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--resume", "--inner-lr", "0.5")
+    assert "differs from the resumed run" in capsys.readouterr().err

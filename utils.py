@@ -1,0 +1,148 @@
+"""Run machinery shared by both experiments: command-line config, run folders,
+atomic checkpoints, metrics CSV, confidence intervals and plots."""
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from types import SimpleNamespace
+
+import torch
+
+# Keys that may differ when a run is resumed: where it and its data live, where
+# it runs, and how many tasks its final test uses.
+RESUME_FREE_KEYS = {"resume", "out_dir", "device", "data_dir", "eval_only", "test_tasks"}
+
+
+def fail(message):
+    """Stop with a one-line error and exit code 2 (bad input, before any work)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        fail(message)
+
+
+def _parse_bool(text):
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_config(defaults, argv, description="", types=None):
+    """Override the plain values of `defaults` with `--name value` arguments
+    (underscores written as dashes). A flag's type is its default's type, or
+    types[key] for a default of None; a boolean may also be given bare
+    (`--resume`). Returns the config as a namespace and the set of keys given
+    on the command line."""
+    parser = _OneLineParser(description=description, argument_default=argparse.SUPPRESS)
+    for key, default in defaults.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, metavar="BOOL")
+        else:
+            value_type = type(default) if default is not None else types[key]
+            parser.add_argument(flag, type=value_type, metavar=value_type.__name__.upper())
+    given = vars(parser.parse_args(argv))
+    return SimpleNamespace(**{**defaults, **given}), set(given)
+
+
+def prepare_run_dir(run_dir, resume):
+    """Create the run folder; refuse to overwrite a finished or started run
+    unless resuming, and refuse to resume a run that has no checkpoint."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        fail(f"output folder {run_dir} is a file")
+    checkpoint = os.path.join(run_dir, "checkpoint.pt")
+    if resume and not os.path.exists(checkpoint):
+        fail(f"--resume: no checkpoint at {checkpoint}")
+    if not resume and os.path.exists(checkpoint):
+        fail(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out-dir")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as error:
+        fail(f"cannot create output folder {run_dir}: {error.strerror}")
+    return run_dir
+
+
+def resumed_config(saved, cfg, given):
+    """The saved run's config, with the keys that may change on resume taken
+    from the command line; any other key given with a different value is an error."""
+    for key in given - RESUME_FREE_KEYS:
+        if getattr(cfg, key) != saved[key]:
+            fail(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the resumed run's {saved[key]}")
+    free = {key: value for key, value in vars(cfg).items() if key in RESUME_FREE_KEYS}
+    return SimpleNamespace(**{**saved, **free})
+
+
+def save_json(data, path):
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def save_checkpoint(state, path):
+    """Write then rename, so a kill mid-write never leaves a broken checkpoint."""
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class MetricsLog:
+    """Append-only metrics CSV, flushed row by row. When a run resumes from a
+    checkpoint, rows logged after that checkpoint are dropped first, so the
+    file reads as one uninterrupted run."""
+
+    def __init__(self, path, fields, resume_iteration=None):
+        self.path, self.fields = path, fields
+        rows = []
+        if resume_iteration is not None and os.path.exists(path):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= resume_iteration]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def log(self, **row):
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields).writerow(row)
+
+    def read(self):
+        with open(self.path, newline="") as f:
+            return [{k: float(v) if v != "" else math.nan for k, v in r.items()}
+                    for r in csv.DictReader(f)]
+
+
+def mean_ci95(values):
+    """Mean over the first dimension and the half-width of its 95% normal
+    confidence interval (1.96 standard errors)."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    n = values.shape[0]
+    return values.mean(0), 1.96 * values.std(0, unbiased=True) / math.sqrt(n)
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        fail(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def plot_with_ci(ax, mean, ci, label, **style):
+    """A line over steps 0..S with its 95% confidence band."""
+    steps = range(len(mean))
+    mean, ci = torch.as_tensor(mean), torch.as_tensor(ci)
+    line, = ax.plot(steps, mean, marker="o", markersize=3, label=label, **style)
+    ax.fill_between(steps, mean - ci, mean + ci, alpha=0.2, color=line.get_color())
