@@ -13,6 +13,7 @@ as the paper's code does, and cached beside the archives in one .npz file that
 records what it was built from; a stale or damaged cache is rebuilt.
 """
 import hashlib
+import http.client
 import io
 import os
 import re
@@ -76,7 +77,10 @@ def download(name, data_dir):
         if _md5(partial) != RELEASE_MD5[name]:
             raise DataError(f"download of {name} has the wrong MD5 checksum; not used")
         os.replace(partial, target)
-    except (urllib.error.URLError, OSError) as error:
+    except http.client.IncompleteRead as error:
+        raise DataError(f"download of {name} was cut short ({len(error.partial)} bytes in the last block); "
+                        f"not used") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         raise DataError(f"cannot download {name} ({getattr(error, 'reason', error)}): put "
                         f"{' and '.join(RELEASE_MD5)} from github.com/brendenlake/omniglot (python/) "
                         f"into {data_dir}") from None

@@ -51,6 +51,7 @@ CONFIG = dict(
     reptile_inner_batch=None,   # images per Reptile inner step in meta-training
     reptile_eval_batch=None,    # images per Reptile inner step at validation/test
     reptile_meta_step=1.0,      # outer step size, annealed linearly to 0
+    train_minutes=0.0,          # stop meta-training once this much time is spent (0: no limit)
     validate_every=500,         # iterations between validations (and checkpoints)
     validation_tasks=200,
     test_tasks=600,
@@ -111,6 +112,8 @@ def validate(cfg):
     for key in ("meta_lr", "inner_lr", "reptile_meta_step"):
         if not getattr(cfg, key) > 0:
             utils.fail(f"--{key.replace('_', '-')} must be positive, got {getattr(cfg, key)}")
+    if cfg.train_minutes < 0:
+        utils.fail(f"--train-minutes must be 0 (no limit) or positive, got {cfg.train_minutes}")
     if cfg.test_tasks < 2:
         utils.fail(f"--test-tasks must be at least 2 for a confidence interval, got {cfg.test_tasks}")
     drawers = omniglot_data.DRAWERS
@@ -207,6 +210,7 @@ def main(argv=None):
                     total=cfg.meta_iterations, desc=f"{cfg.algorithm} {cfg.n_way}-way {cfg.k_shot}-shot",
                     dynamic_ncols=True)
     window_start = time.perf_counter()
+    trained_iterations = start
     for iteration in progress:
         if cfg.algorithm == "reptile":
             tasks, _ = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.reptile_train_shots, 0,
@@ -230,7 +234,8 @@ def main(argv=None):
         window_accuracy.append(accuracy(predictions, labels).item())
 
         done = iteration + 1
-        if done % cfg.validate_every == 0 or done == cfg.meta_iterations:
+        out_of_time = 0 < 60 * cfg.train_minutes <= train_seconds + time.perf_counter() - window_start
+        if done % cfg.validate_every == 0 or done == cfg.meta_iterations or out_of_time:
             validation_accuracy = evaluate(samplers["validation"], cfg.validation_tasks, VALIDATION_SEED,
                                            cfg.test_steps, params)[:, -1].mean().item()
             metrics.log(iteration=done, train_loss=sum(window_loss) / len(window_loss),
@@ -241,12 +246,16 @@ def main(argv=None):
                 best = dict(accuracy=validation_accuracy, iteration=done)
                 utils.save_checkpoint(dict(params=[p.detach().cpu() for p in params], best=best), best_path)
             train_seconds += time.perf_counter() - window_start
+            trained_iterations = done
             utils.save_checkpoint(dict(
                 config=vars(cfg), iteration=done, train_seconds=train_seconds, best=best,
                 params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
                 task_generator=task_generator.get_state()), checkpoint_path)
             progress.set_postfix(val_acc=f"{validation_accuracy:.3f}", best=f"{best['accuracy']:.3f}")
             window_start = time.perf_counter()
+        if out_of_time:
+            print(f"\n--train-minutes {cfg.train_minutes}: stopped after iteration {done}")
+            break
     progress.close()
 
     # ---- meta-test: the best checkpoint on 600 fixed test tasks --------------
@@ -257,7 +266,7 @@ def main(argv=None):
         "accuracy": {"mean": mean.tolist(), "ci95": ci.tolist()},
         "headline_step": cfg.test_steps, "tasks": cfg.test_tasks, "split": cfg.split,
         "best_iteration": best["iteration"], "best_validation_accuracy": best["accuracy"],
-        "meta_iterations": cfg.meta_iterations, "train_seconds": round(train_seconds, 1)}}
+        "meta_iterations": trained_iterations, "train_seconds": round(train_seconds, 1)}}
     utils.save_json(results, os.path.join(run_dir, "results.json"))
     s = cfg.test_steps
     print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot, best iteration {best['iteration']}: "

@@ -10,9 +10,11 @@ from types import SimpleNamespace
 
 import torch
 
-# Keys that may differ when a run is resumed: where it and its data live, where
-# it runs, and how many tasks its final test uses.
-RESUME_FREE_KEYS = {"resume", "out_dir", "device", "data_dir", "eval_only", "test_tasks"}
+# Keys that may be given anew when a run is resumed: where it and its data live,
+# where it runs, and how many tasks its final test uses.
+RESUME_FREE_KEYS = {"out_dir", "device", "data_dir", "test_tasks"}
+# Keys that say what this invocation does rather than what the run is.
+INVOCATION_KEYS = {"resume", "eval_only"}
 
 
 def fail(message):
@@ -73,10 +75,11 @@ def prepare_run_dir(run_dir, resume):
 def resumed_config(saved, cfg, given):
     """The saved run's config, with the keys that may change on resume taken
     from the command line; any other key given with a different value is an error."""
-    for key in given - RESUME_FREE_KEYS:
+    for key in given - RESUME_FREE_KEYS - INVOCATION_KEYS:
         if getattr(cfg, key) != saved[key]:
             fail(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the resumed run's {saved[key]}")
-    free = {key: value for key, value in vars(cfg).items() if key in RESUME_FREE_KEYS}
+    free = {key: value for key, value in vars(cfg).items()
+            if key in INVOCATION_KEYS or (key in RESUME_FREE_KEYS and key in given)}
     return SimpleNamespace(**{**saved, **free})
 
 
