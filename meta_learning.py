@@ -107,7 +107,8 @@ def reptile_meta_step(forward, loss_fn, params, tasks, steps, lr, meta_step_size
     theta <- theta + meta_step_size * mean_over_tasks(phi_task - theta),
     where phi_task is theta after `steps` inner steps on that task's data.
     tasks: (x, y) with a leading task dimension. No second derivatives anywhere.
-    Returns the mean loss of the adapted parameters on their tasks' data.
+    Returns, like maml_meta_loss, the mean loss of the adapted parameters on
+    their tasks' data and their predictions, shape (tasks, n, ...).
     """
     detached = [p.detach() for p in params]
 
@@ -119,7 +120,8 @@ def reptile_meta_step(forward, loss_fn, params, tasks, steps, lr, meta_step_size
     with torch.no_grad():
         for p, phi in zip(params, adapted):
             p.add_(meta_step_size * (phi - p).mean(dim=0))
-        return vmap(lambda phi, x, y: loss_fn(forward(phi, x), y))(adapted, *tasks).mean()
+        predictions = vmap(forward)(adapted, tasks[0])
+        return vmap(loss_fn)(predictions, tasks[1]).mean(), predictions
 
 
 def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, steps, lr,

@@ -52,6 +52,7 @@ CONFIG = dict(
     reptile_eval_batch=None,    # images per Reptile inner step at validation/test
     reptile_meta_step=1.0,      # outer step size, annealed linearly to 0
     train_minutes=0.0,          # stop meta-training once this much time is spent (0: no limit)
+    log_every=50,               # iterations per metrics.csv row
     validate_every=500,         # iterations between validations (and checkpoints)
     validation_tasks=200,
     test_tasks=600,
@@ -103,7 +104,7 @@ def validate(cfg):
     if cfg.model not in MODELS:
         utils.fail(f"--model must be one of {', '.join(MODELS)}, not {cfg.model!r}")
     for key in ("n_way", "k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "test_steps",
-                "reptile_train_shots", "reptile_inner_batch", "reptile_eval_batch", "validate_every",
+                "reptile_train_shots", "reptile_inner_batch", "reptile_eval_batch", "log_every", "validate_every",
                 "validation_tasks"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             utils.fail(f"--{key.replace('_', '-')} must be at least 1, got {getattr(cfg, key)}")
@@ -179,7 +180,7 @@ def main(argv=None):
     params, forward = build_network(cfg.model, cfg.n_way, torch.Generator().manual_seed(cfg.seed), device)
     optimizer = torch.optim.Adam(params, lr=cfg.meta_lr)
     task_generator = torch.Generator().manual_seed(cfg.seed)
-    start, train_seconds, best = 0, 0.0, dict(accuracy=-1.0, iteration=0)
+    start, train_seconds, best = 0, 0.0, dict(accuracy=-1.0, iteration=0, params=None)
     if checkpoint:
         with torch.no_grad():
             for p, saved in zip(params, checkpoint["params"]):
@@ -235,31 +236,36 @@ def main(argv=None):
 
         done = iteration + 1
         out_of_time = 0 < 60 * cfg.train_minutes <= train_seconds + time.perf_counter() - window_start
-        if done % cfg.validate_every == 0 or done == cfg.meta_iterations or out_of_time:
-            validation_accuracy = evaluate(samplers["validation"], cfg.validation_tasks, VALIDATION_SEED,
-                                           cfg.test_steps, params)[:, -1].mean().item()
-            metrics.log(iteration=done, train_loss=sum(window_loss) / len(window_loss),
-                        train_accuracy=sum(window_accuracy) / len(window_accuracy),
-                        validation_accuracy=validation_accuracy)
-            window_loss, window_accuracy = [], []
-            if validation_accuracy > best["accuracy"]:
-                best = dict(accuracy=validation_accuracy, iteration=done)
-                utils.save_checkpoint(dict(params=[p.detach().cpu() for p in params], best=best), best_path)
+        validating = done % cfg.validate_every == 0 or done == cfg.meta_iterations or out_of_time
+        if not (validating or done % cfg.log_every == 0):
+            continue
+        row = dict(iteration=done, train_loss=sum(window_loss) / len(window_loss),
+                   train_accuracy=sum(window_accuracy) / len(window_accuracy), validation_accuracy="")
+        window_loss, window_accuracy = [], []
+        if validating:
+            row["validation_accuracy"] = evaluate(samplers["validation"], cfg.validation_tasks, VALIDATION_SEED,
+                                                  cfg.test_steps, params)[:, -1].mean().item()
+            if row["validation_accuracy"] > best["accuracy"]:
+                best = dict(accuracy=row["validation_accuracy"], iteration=done,
+                            params=[p.detach().cpu().clone() for p in params])
+        metrics.log(**row)  # before the checkpoint, so a resume never loses a row
+        if validating:
             train_seconds += time.perf_counter() - window_start
             trained_iterations = done
             utils.save_checkpoint(dict(
                 config=vars(cfg), iteration=done, train_seconds=train_seconds, best=best,
                 params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
                 task_generator=task_generator.get_state()), checkpoint_path)
-            progress.set_postfix(val_acc=f"{validation_accuracy:.3f}", best=f"{best['accuracy']:.3f}")
+            utils.save_checkpoint(best, best_path)  # a copy for users; the checkpoint holds it too
+            progress.set_postfix(val_acc=f"{row['validation_accuracy']:.3f}", best=f"{best['accuracy']:.3f}")
             window_start = time.perf_counter()
         if out_of_time:
             print(f"\n--train-minutes {cfg.train_minutes}: stopped after iteration {done}")
             break
     progress.close()
 
-    # ---- meta-test: the best checkpoint on 600 fixed test tasks --------------
-    best_params = [p.to(device) for p in utils.load_checkpoint(best_path)["params"]]
+    # ---- meta-test: the best parameters on 600 fixed test tasks -------------
+    best_params = [p.to(device) for p in best["params"]]
     reported_steps = max(REPORTED_STEPS, cfg.test_steps)
     mean, ci = utils.mean_ci95(evaluate(samplers["test"], cfg.test_tasks, TEST_SEED, reported_steps, best_params))
     results = {"test": {
@@ -286,8 +292,10 @@ def plot_training(rows, path):
     iterations = [r["iteration"] for r in rows]
     loss_ax.plot(iterations, [r["train_loss"] for r in rows])
     loss_ax.set(xlabel="meta-iteration", ylabel="meta-train loss after adaptation", yscale="log")
-    accuracy_ax.plot(iterations, [r["train_accuracy"] for r in rows], label="meta-train (query)")
-    accuracy_ax.plot(iterations, [r["validation_accuracy"] for r in rows], label="validation")
+    accuracy_ax.plot(iterations, [r["train_accuracy"] for r in rows], label="meta-train tasks")
+    validated = [r for r in rows if r["validation_accuracy"] == r["validation_accuracy"]]  # not NaN
+    accuracy_ax.plot([r["iteration"] for r in validated], [r["validation_accuracy"] for r in validated],
+                     marker="o", label="validation tasks")
     accuracy_ax.set(xlabel="meta-iteration", ylabel="accuracy after adaptation")
     accuracy_ax.legend()
     fig.tight_layout()

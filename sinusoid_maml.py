@@ -153,7 +153,7 @@ def main(argv=None):
         x, y, _, _ = sample_sinusoids(task_generator, cfg.meta_batch_size, 2 * k)
         if cfg.algorithm == "reptile":
             meta_step_size = cfg.reptile_meta_step * (1 - iteration / cfg.meta_iterations)
-            meta_loss = meta_learning.reptile_meta_step(
+            meta_loss, _ = meta_learning.reptile_meta_step(
                 models.mlp, mse, meta_params, (x, y), cfg.reptile_inner_steps,
                 cfg.reptile_inner_lr, meta_step_size, optimizer="sgd")
         else:

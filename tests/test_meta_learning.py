@@ -128,7 +128,7 @@ def test_reptile_meta_step_moves_params_by_eps_times_mean_displacement(optimizer
     y = torch.rand(4, 6, 1, generator=generator)
     w0, b0, steps, lr, eps = 0.3, -0.2, 3, 0.1, 0.7
     params = [torch.tensor([[w0]]), torch.tensor([b0])]
-    returned_loss = meta_learning.reptile_meta_step(models.mlp, mse, params, (x, y), steps, lr, eps,
+    returned_loss, predictions = meta_learning.reptile_meta_step(models.mlp, mse, params, (x, y), steps, lr, eps,
                                                     optimizer=optimizer, batch_size=batch_size)
     adapted = [hand_adapted_line(w0, b0, x[t, :, 0].tolist(), y[t, :, 0].tolist(), steps, lr,
                                  optimizer, batch_size) for t in range(4)]
@@ -138,6 +138,7 @@ def test_reptile_meta_step_moves_params_by_eps_times_mean_displacement(optimizer
     assert params[1].item() == pytest.approx(expected_b, rel=1e-12)
     expected_loss = sum(((w * x[t] + b - y[t]) ** 2).mean().item() for t, (w, b) in enumerate(adapted)) / 4
     assert returned_loss.item() == pytest.approx(expected_loss, rel=1e-12)
+    assert predictions[1, 2, 0].item() == pytest.approx(adapted[1][0] * x[1, 2, 0].item() + adapted[1][1], rel=1e-12)
 
 
 def test_evaluate_adaptation_reports_metric_after_each_step():

@@ -268,6 +268,36 @@ def test_script_trains_and_evaluates_on_synthetic_data(synthetic_dir, tmp_path):
     assert again["test"]["accuracy"] == test["accuracy"]
 
 
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_killed_and_resumed_run_equals_uninterrupted_run(synthetic_dir, tmp_path, monkeypatch, algorithm):
+    args = [*QUICK, "--meta-iterations", "6", "--n-way", "2", "--algorithm", algorithm,
+            "--reptile-train-shots", "4", "--data-dir", str(synthetic_dir)]
+    straight = omniglot_maml.main([*args, "--out-dir", str(tmp_path / "straight")])
+
+    sample = omniglot_data.TaskSampler.sample
+    calls = {"n": 0}
+
+    def sample_then_die(self, *a, **kw):  # dies in iteration 5, after the checkpoint at 4
+        if self.n_classes == 36:  # the meta-training sampler
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+        return sample(self, *a, **kw)
+
+    monkeypatch.setattr(omniglot_data.TaskSampler, "sample", sample_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        omniglot_maml.main([*args, "--out-dir", str(tmp_path / "killed")])
+    monkeypatch.setattr(omniglot_data.TaskSampler, "sample", sample)
+    resumed = omniglot_maml.main(["--resume", "--out-dir", str(tmp_path / "killed"), "--data-dir", str(synthetic_dir)])
+
+    for name in ("checkpoint.pt", "best.pt"):
+        a = utils.load_checkpoint(str(tmp_path / "straight" / name))["params"]
+        b = utils.load_checkpoint(str(tmp_path / "killed" / name))["params"]
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert (tmp_path / "straight" / "metrics.csv").read_text() == (tmp_path / "killed" / "metrics.csv").read_text()
+    assert resumed["test"]["accuracy"] == straight["test"]["accuracy"]
+
+
 def test_train_minutes_stops_training_and_still_tests(synthetic_dir, tmp_path, capsys):
     results = omniglot_maml.main([*QUICK, "--meta-iterations", "1000", "--train-minutes", "0.0001",
                                   "--n-way", "2", "--data-dir", str(synthetic_dir), "--out-dir", str(tmp_path)])
