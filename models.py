@@ -41,16 +41,18 @@ def _uniform(shape, fan_in, generator, dtype):
 
 
 def init_mlp(sizes, batch_norm=False, generator=None, dtype=torch.float32):
-    """Parameters of an MLP with layer sizes like [1, 40, 40, 1] (ReLU between layers)."""
+    """Parameters of an MLP with layer sizes like [1, 40, 40, 1] (ReLU between layers):
+    He-normal weights (std sqrt(2 / fan_in), sqrt(1 / fan_in) for the output layer,
+    which has no ReLU after it) and zero biases."""
     params = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        params.append(_uniform((fan_out, fan_in), fan_in, generator, dtype))
-        if batch_norm and i < len(sizes) - 2:
+        is_output = i == len(sizes) - 2
+        gain = 1.0 if is_output else 2.0
+        params.append(torch.randn((fan_out, fan_in), generator=generator, dtype=dtype) * math.sqrt(gain / fan_in))
+        if batch_norm and not is_output:
             params += [torch.ones(fan_out, dtype=dtype), torch.zeros(fan_out, dtype=dtype)]
         else:
-            # Random biases spread the ReLU kinks over the input range (zeros would put
-            # every first-layer kink of the sinusoid network at x = 0).
-            params.append(_uniform((fan_out,), fan_in, generator, dtype))
+            params.append(torch.zeros(fan_out, dtype=dtype))
     return params
 
 

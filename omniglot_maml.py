@@ -86,14 +86,12 @@ CHUNK_TASKS = 50  # tasks adapted at once during validation and test
 
 
 def resolve_paper_defaults(cfg):
+    """Fill the None values with the paper's; keys of the other algorithm family stay None."""
     family = "reptile" if cfg.algorithm == "reptile" else "maml"
     paper = PAPER_DEFAULTS[(family, 5 if cfg.n_way < 20 else 20)]
     for key, value in paper.items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
-    for key in AUTO_TYPES:  # keys the other algorithm family does not use stay None
-        if getattr(cfg, key) is None:
-            setattr(cfg, key, None)
 
 
 def validate(cfg):
