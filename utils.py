@@ -62,7 +62,7 @@ def prepare_run_dir(run_dir, resume):
         fail(f"output folder {run_dir} is a file")
     checkpoint = os.path.join(run_dir, "checkpoint.pt")
     if resume and not os.path.exists(checkpoint):
-        fail(f"--resume: no checkpoint at {checkpoint}")
+        fail(f"no checkpoint at {checkpoint} to continue from")
     if not resume and os.path.exists(checkpoint):
         fail(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out-dir")
     try:

@@ -315,6 +315,7 @@ def test_train_minutes_stops_training_and_still_tests(synthetic_dir, tmp_path, c
     (["--meta-batch-size", "0"], "--meta-batch-size must be at least 1"),
     (["--n-way", "five"], "invalid int value"),
     (["--train-minutes", "-1"], "--train-minutes must be 0 (no limit) or positive"),
+    (["--eval-only"], "no checkpoint at"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(synthetic_dir, tmp_path, capsys, args, message):
     # Background split of the synthetic data: 1 validation alphabet of 3 characters.

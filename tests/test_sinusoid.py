@@ -49,7 +49,7 @@ def test_command_line_overrides_reach_the_run(tmp_path):
     (["--algorithm", "sgd"], "--algorithm must be one of"),
     (["--reptile-inner-optimizer", "rmsprop"], "--reptile-inner-optimizer must be one of"),
     (["--eval-k-shots", "5,x"], "--eval-k-shots must be comma-separated integers"),
-    (["--resume"], "no checkpoint"),
+    (["--resume"], "no checkpoint at"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
