@@ -17,6 +17,7 @@ import http.client
 import io
 import os
 import re
+import sys
 import urllib.error
 import urllib.request
 import zipfile
@@ -151,8 +152,12 @@ def load_omniglot(data_dir):
                 names.append((set_name, alphabet, character))
     images, names = np.stack(images), np.array(names)
     temporary = cache_path + ".tmp.npz"
-    np.savez(temporary, images=images, names=names, source=source, preprocessing=PREPROCESSING)
-    os.replace(temporary, cache_path)
+    try:
+        np.savez(temporary, images=images, names=names, source=source, preprocessing=PREPROCESSING)
+        os.replace(temporary, cache_path)
+    except OSError as error:  # a read-only data folder still works, only slower to start
+        print(f"warning: cannot write the cache {cache_path} ({error.strerror}); continuing without it",
+              file=sys.stderr)
     return images, names
 
 

@@ -79,6 +79,16 @@ def test_synthetic_archives_are_checked_preprocessed_and_cached(synthetic_dir, m
     monkeypatch.undo()
 
 
+def test_unwritable_cache_only_warns(synthetic_dir, monkeypatch, capsys):
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(omniglot_data.np, "savez", read_only)
+    images, _ = omniglot_data.load_omniglot(str(synthetic_dir))
+    assert images.shape == (18, 20, 28, 28)
+    assert "cannot write the cache" in capsys.readouterr().err
+    assert not (synthetic_dir / omniglot_data.CACHE_NAME).exists()
+
+
 @pytest.mark.parametrize("damage", ["stale", "truncated", "garbage"])
 def test_stale_or_damaged_cache_is_rebuilt(synthetic_dir, damage):
     images, _ = omniglot_data.load_omniglot(str(synthetic_dir))
