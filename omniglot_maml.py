@@ -229,16 +229,17 @@ def main(argv=None):
             loss.backward()
             optimizer.step()
             labels = query[1]
-        window_loss.append(loss.item())
-        window_accuracy.append(accuracy(predictions, labels).item())
+        # Kept as tensors until a row is logged, so a GPU is not synchronised every iteration.
+        window_loss.append(loss.detach())
+        window_accuracy.append(accuracy(predictions, labels))
 
         done = iteration + 1
         out_of_time = 0 < 60 * cfg.train_minutes <= train_seconds + time.perf_counter() - window_start
         validating = done % cfg.validate_every == 0 or done == cfg.meta_iterations or out_of_time
         if not (validating or done % cfg.log_every == 0):
             continue
-        row = dict(iteration=done, train_loss=sum(window_loss) / len(window_loss),
-                   train_accuracy=sum(window_accuracy) / len(window_accuracy), validation_accuracy="")
+        row = dict(iteration=done, train_loss=torch.stack(window_loss).mean().item(),
+                   train_accuracy=torch.stack(window_accuracy).mean().item(), validation_accuracy="")
         window_loss, window_accuracy = [], []
         if validating:
             row["validation_accuracy"] = evaluate(samplers["validation"], cfg.validation_tasks, VALIDATION_SEED,
