@@ -28,9 +28,13 @@ def load(run_dir):
 
 
 def sinusoid(runs, figure):
-    curves = {}  # method: (mse by K, train seconds or None)
-    for i, (results, config) in enumerate(runs):
-        curves[config["algorithm"]] = (results["mse"][config["algorithm"]], results["train_seconds"])
+    algorithms = [config["algorithm"] for (_, config), _ in runs]
+    curves = {}  # label: (mse by K, train seconds or None)
+    for i, ((results, config), run_dir) in enumerate(runs):
+        label = config["algorithm"]
+        if algorithms.count(label) > 1:  # two runs of one algorithm: tell them apart by folder
+            label += f" ({os.path.basename(run_dir.rstrip('/'))})"
+        curves[label] = (results["mse"][config["algorithm"]], results["train_seconds"])
         if i == 0:
             curves["pretrained"] = (results["mse"]["pretrained"], None)
     k_shots = list(next(iter(curves.values()))[0])
@@ -90,7 +94,7 @@ if __name__ == "__main__":
         except (OSError, json.JSONDecodeError) as error:
             parser.error(f"{run_dir} is not a finished run: {error}")
     if all("mse" in results for results, _ in loaded):
-        sinusoid(loaded, args.figure)
+        sinusoid(list(zip(loaded, args.runs)), args.figure)
     elif all("test" in results for results, _ in loaded):
         omniglot(list(zip(loaded, args.runs)), args.figure)
     else:
