@@ -1,46 +1,74 @@
-"""Seconds per meta-iteration: the vmapped MAML core against the per-task loop,
-measured in one process on the same inputs (medians of repeated iterations).
+"""Seconds per meta-iteration, end to end (task sampling, meta-gradient, Adam
+step), for the per-task loop, the vmapped core of ccb5057 and the core the
+scripts use now, measured in one process on the same inputs (medians of
+repeated iterations); for Omniglot also the time of the convolutions alone.
 
     python benchmark.py sinusoid
-    python benchmark.py omniglot [--device cuda]
+    python benchmark.py omniglot [--device cuda] [--configs 5w1s,20w5s] [--repeats 3]
 
-A meta-iteration is a full outer step: meta-loss, backward, Adam update.
-Omniglot timings use random images of the real shape; speed does not depend
-on pixel values.
+Omniglot tasks are sampled by the real task sampler from random images of the
+real shape and number (speed does not depend on pixel values), so no data is needed.
+
+"convs alone" replays every convolution kernel call that one second- or
+first-order meta-iteration of the per-task loop makes (forward, backward and
+the double backward's), each on random tensors of the recorded shapes, with
+nothing else in between: what a meta-iteration would cost if everything but
+its convolutions were free.
 """
 import argparse
 import functools
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import meta_learning
 import models
+import omniglot_data
+import sinusoid_maml
 
-# name: (n_way, k_shot, meta_batch_size, inner_steps, inner_lr), the paper's settings
+# name: (n_way, k_shot, meta_batch_size, inner_steps, inner SGD step), the paper's settings
 OMNIGLOT_CONFIGS = {
     "5w1s": (5, 1, 32, 1, 0.4 * 5),
     "5w5s": (5, 5, 32, 1, 0.4 * 5),
     "20w1s": (20, 1, 16, 5, 0.1 * 20),
     "20w5s": (20, 5, 16, 5, 0.1 * 20),
 }
-IMPLEMENTATIONS = {"vmap": meta_learning.maml_meta_loss, "loop": meta_learning.maml_meta_loss_loop}
+TRAIN_CHARACTERS = 1100  # the paper split's meta-training characters
 
 
-def seconds_per_iteration(meta_loss_fn, forward, loss_fn, params, sample, steps, lr, first_order,
+def one_backward(meta_loss_fn):
+    """A meta-loss function turned into a meta-gradient function: one backward
+    pass over the whole meta-batch, as the scripts did up to ccb5057."""
+    def meta_gradient(forward, loss_fn, params, support, query, steps, lr, first_order):
+        loss, predictions = meta_loss_fn(forward, loss_fn, params, support, query, steps, lr, first_order)
+        loss.backward()
+        return loss.detach(), predictions
+    return meta_gradient
+
+
+def implementations(grouping):
+    return {
+        "loop": one_backward(meta_learning.maml_meta_loss_loop),
+        "vmap (ccb5057)": one_backward(meta_learning.maml_meta_loss),
+        "now": functools.partial(meta_learning.maml_meta_gradient, **grouping),
+    }
+
+
+def seconds_per_iteration(meta_gradient, forward, loss_fn, params, sample, steps, lr, first_order,
                           device, repeats, warmup=2):
     optimizer = torch.optim.Adam(params, lr=1e-3)
     times = []
     for i in range(warmup + repeats):
-        support, query = sample()
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        loss, _ = meta_loss_fn(forward, loss_fn, params, support, query, steps, lr, first_order)
+        support, query = sample()
         optimizer.zero_grad()
-        loss.backward()
+        meta_gradient(forward, loss_fn, params, support, query, steps, lr, first_order)
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -49,51 +77,99 @@ def seconds_per_iteration(meta_loss_fn, forward, loss_fn, params, sample, steps,
     return statistics.median(times)
 
 
+class ConvolutionRecorder(TorchDispatchMode):
+    """Records every convolution kernel call (forward and backward) made while active."""
+    OPS = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default)
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS:
+            self.calls.append((func, [(a.shape, a.dtype, a.device) if isinstance(a, torch.Tensor) else a
+                                      for a in args]))
+        return func(*args, **(kwargs or {}))
+
+
+def convolution_seconds(calls, device, repeats):
+    """Median time to replay the recorded convolution calls on random tensors."""
+    replays = [(func, [torch.randn(a[0], dtype=a[1], device=a[2]) if isinstance(a, tuple) else a for a in args])
+               for func, args in calls]
+    totals = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for func, args in replays:
+            func(*args)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        totals.append(time.perf_counter() - start)
+    return statistics.median(totals[1:])
+
+
 def sinusoid(device, repeats):
     params = [p.to(device).requires_grad_() for p in models.init_mlp([1, 40, 40, 1])]
+    generator = torch.Generator().manual_seed(0)
 
     def sample():
-        x = torch.rand(25, 20, 1, device=device) * 10 - 5
-        y = 2 * torch.sin(x - 1)
+        x, y, _, _ = sinusoid_maml.sample_sinusoids(generator, 25, 20)
+        x, y = x.to(device), y.to(device)
         return (x[:, :10], y[:, :10]), (x[:, 10:], y[:, 10:])
 
-    mse = lambda prediction, y: (prediction - y).pow(2).mean()  # noqa: E731
-    print("| sinusoid, K=10, 25 tasks, 1 step | vmap s/iter | loop s/iter | loop / vmap |")
-    print("|---|---|---|---|")
+    impls = implementations(dict(tasks_per_call=None, batched=True))  # as sinusoid_maml.py
+    print("| sinusoid, K=10, 25 tasks, 1 step | " + " | ".join(f"{name} s/iter" for name in impls) + " |")
+    print("|---|" + "---|" * len(impls))
     for first_order in (False, True):
-        t = {name: seconds_per_iteration(fn, models.mlp, mse, params, sample, 1, 0.01, first_order,
-                                         device, repeats * 50)
-             for name, fn in IMPLEMENTATIONS.items()}
+        t = {name: seconds_per_iteration(fn, models.mlp, sinusoid_maml.mse, params, sample, 1, 0.01,
+                                         first_order, device, repeats * 50)
+             for name, fn in impls.items()}
         order = "first order" if first_order else "second order"
-        print(f"| {order} | {t['vmap']:.5f} | {t['loop']:.5f} | {t['loop'] / t['vmap']:.1f}x |")
+        print(f"| {order} | " + " | ".join(f"{seconds:.5f}" for seconds in t.values()) + " |")
 
 
-def omniglot(device, repeats):
-    print("| Omniglot (conv, paper settings) | order | vmap s/iter | loop s/iter | loop / vmap |")
-    print("|---|---|---|---|---|")
-    for name, (n_way, k_shot, tasks, steps, lr) in OMNIGLOT_CONFIGS.items():
+def omniglot(device, repeats, configs):
+    print("| Omniglot (paper settings) | order | loop s/iter | vmap (ccb5057) s/iter | now s/iter | "
+          "vmap / now | convs alone s | now / convs | now runs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    random_images = np.random.default_rng(0).integers(0, 256, (TRAIN_CHARACTERS, omniglot_data.DRAWERS, 28, 28),
+                                                      dtype=np.uint8)
+    sampler = omniglot_data.TaskSampler(random_images, rotations=True, device=device)
+    for name in configs:
+        n_way, k_shot, tasks, steps, lr = OMNIGLOT_CONFIGS[name]
         params = [p.to(device).requires_grad_() for p in models.init_cnn(n_way)]
-        labels = torch.arange(n_way, device=device).repeat_interleave(k_shot).expand(tasks, -1)
-
-        def sample():
-            images = torch.rand(tasks, 2 * n_way * k_shot, 1, 28, 28, device=device)
-            return (images[:, :n_way * k_shot], labels), (images[:, n_way * k_shot:], labels)
-
+        generator = torch.Generator().manual_seed(0)
+        sample = functools.partial(sampler.sample, tasks, n_way, k_shot, k_shot, generator)
+        grouping = meta_learning.task_grouping(device, tasks, 2 * n_way * k_shot)  # as omniglot_maml.py
+        impls = implementations(grouping)
         for first_order in (False, True):
             t = {impl: seconds_per_iteration(fn, models.cnn, F.cross_entropy, params, sample, steps, lr,
                                              first_order, device, repeats)
-                 for impl, fn in IMPLEMENTATIONS.items()}
+                 for impl, fn in impls.items()}
+            recorder = ConvolutionRecorder()
+            with recorder:
+                impls["loop"](models.cnn, F.cross_entropy, params, *sample(), steps, lr, first_order)
+            convs = convolution_seconds(recorder.calls, device, repeats)
             order = "first" if first_order else "second"
+            runs = (f"{'vmap' if grouping['batched'] else 'loop'}, "
+                    f"{grouping['tasks_per_call'] or tasks} tasks per call")
             print(f"| {name} ({tasks} tasks, {steps} step{'s' if steps > 1 else ''}) | {order} | "
-                  f"{t['vmap']:.4f} | {t['loop']:.4f} | {t['loop'] / t['vmap']:.2f}x |", flush=True)
+                  + " | ".join(f"{seconds:.4f}" for seconds in t.values())
+                  + f" | {t['vmap (ccb5057)'] / t['now']:.2f}x | {convs:.4f} | {t['now'] / convs:.2f}x | {runs} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", choices=["sinusoid", "omniglot"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=5, help="timed meta-iterations per cell (x50 for sinusoid)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed meta-iterations per cell (x50 for sinusoid)")
+    parser.add_argument("--configs", default=",".join(OMNIGLOT_CONFIGS), help="Omniglot configurations to time")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
-    {"sinusoid": sinusoid, "omniglot": omniglot}[args.experiment](device, args.repeats)
+    if args.experiment == "sinusoid":
+        sinusoid(device, args.repeats)
+    else:
+        omniglot(device, args.repeats, args.configs.split(","))

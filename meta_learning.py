@@ -12,6 +12,9 @@ batched over the tasks of a meta-batch with torch.func.vmap:
   reptile_meta_step  theta <- theta + eps * mean_over_tasks(phi_task - theta).
   evaluate_adaptation  query metric after 0..S adaptation steps, per task.
 
+  maml_meta_gradient  what the scripts call: the MAML meta-gradient accumulated
+                 into .grad, a group of tasks at a time, batched or task by task.
+
 maml_meta_loss_loop is the same MAML computation as a plain Python loop over
 tasks with torch.autograd.grad: the reference the tests hold the vmapped
 version to, and the baseline of benchmark.py.
@@ -99,6 +102,54 @@ def maml_meta_loss_loop(forward, loss_fn, params, support, query, steps, lr, fir
         losses.append(loss_fn(prediction, query_y))
         predictions.append(prediction)
     return torch.stack(losses).mean(), torch.stack(predictions)
+
+
+def maml_meta_gradient(forward, loss_fn, params, support, query, steps, lr, first_order=False,
+                       tasks_per_call=None, batched=True):
+    """The MAML meta-gradient, added into each parameter's .grad: the gradient of
+    the mean query loss over the meta-batch, computed tasks_per_call tasks at a
+    time (all at once by default), each group backpropagated as soon as it is done.
+
+    batched: each group in one vmapped call (maml_meta_loss), else task by task
+    (maml_meta_loss_loop). Small groups keep a group's activations in the CPU's
+    cache from the forward pass to the backward pass and bound memory; one large
+    group keeps a GPU busy. Every choice gives the same gradient up to the order
+    of floating-point sums. Returns the mean query loss (detached) and the query
+    predictions (tasks, n_query, ...).
+    """
+    meta_loss = maml_meta_loss if batched else maml_meta_loss_loop
+    n_tasks = support[0].shape[0]
+    group = tasks_per_call or n_tasks
+    losses, predictions = [], []
+    for first in range(0, n_tasks, group):
+        part = slice(first, first + group)
+        loss, prediction = meta_loss(forward, loss_fn, params, [t[part] for t in support],
+                                     [t[part] for t in query], steps, lr, first_order)
+        share = prediction.shape[0] / n_tasks
+        (loss * share).backward()
+        losses.append(loss.detach() * share)
+        predictions.append(prediction.detach())
+    return torch.stack(losses).sum(), torch.cat(predictions)
+
+
+# On a CPU, tasks go through the meta-gradient in groups of about this many
+# images (support + query): large enough that vmap's batching pays, small enough
+# that a group's activations stay in cache between its forward and backward
+# passes (benchmark.py; README, Speed). Tasks of at least this many images go
+# one by one.
+CPU_IMAGES_PER_CALL = 160
+
+
+def task_grouping(device, n_tasks, images_per_task):
+    """maml_meta_gradient's tasks_per_call and batched for a meta-batch on a device:
+    the whole meta-batch in one vmapped call on a GPU; on a CPU, vmapped groups of
+    about CPU_IMAGES_PER_CALL images, or task by task for tasks that large."""
+    if device.type != "cpu":
+        return dict(tasks_per_call=None, batched=True)
+    group = CPU_IMAGES_PER_CALL // images_per_task
+    if group <= 1:
+        return dict(tasks_per_call=1, batched=False)
+    return dict(tasks_per_call=min(group, n_tasks), batched=True)
 
 
 def reptile_meta_step(forward, loss_fn, params, tasks, steps, lr, meta_step_size,

@@ -187,6 +187,7 @@ def main(argv=None):
         task_generator.set_state(checkpoint["task_generator"])
         start, train_seconds, best = checkpoint["iteration"], checkpoint["train_seconds"], checkpoint["best"]
 
+    grouping = meta_learning.task_grouping(device, cfg.meta_batch_size, 2 * cfg.n_way * cfg.k_shot)
     if cfg.algorithm == "reptile":
         adaptation = dict(lr=cfg.inner_lr, optimizer="adam", batch_size=cfg.reptile_eval_batch)
     else:
@@ -222,11 +223,10 @@ def main(argv=None):
         else:
             support, query = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_shot,
                                                       task_generator)
-            loss, predictions = meta_learning.maml_meta_loss(
-                forward, F.cross_entropy, params, support, query, cfg.inner_steps,
-                cfg.inner_lr * cfg.n_way, first_order=cfg.algorithm == "fomaml")
             optimizer.zero_grad()
-            loss.backward()
+            loss, predictions = meta_learning.maml_meta_gradient(
+                forward, F.cross_entropy, params, support, query, cfg.inner_steps,
+                cfg.inner_lr * cfg.n_way, first_order=cfg.algorithm == "fomaml", **grouping)
             optimizer.step()
             labels = query[1]
         # Kept as tensors until a row is logged, so a GPU is not synchronised every iteration.

@@ -162,11 +162,10 @@ def main(argv=None):
                 models.mlp, mse, meta_params, (x, y), cfg.reptile_inner_steps,
                 cfg.reptile_inner_lr, meta_step_size, optimizer=cfg.reptile_inner_optimizer)
         else:
-            meta_loss, _ = meta_learning.maml_meta_loss(
+            meta_optimizer.zero_grad()
+            meta_loss, _ = meta_learning.maml_meta_gradient(
                 models.mlp, mse, meta_params, (x[:, :k], y[:, :k]), (x[:, k:], y[:, k:]),
                 cfg.inner_steps, cfg.inner_lr, first_order=cfg.algorithm == "fomaml")
-            meta_optimizer.zero_grad()
-            meta_loss.backward()
             meta_optimizer.step()
         baseline_loss = mse(models.mlp(baseline_params, x.reshape(-1, 1)), y.reshape(-1, 1))
         baseline_optimizer.zero_grad()

@@ -77,6 +77,40 @@ def test_vmapped_meta_gradient_matches_per_task_loop(problem, steps, first_order
     torch.testing.assert_close(predictions_vmapped, predictions_loop, rtol=1e-10, atol=1e-12)
 
 
+GROUPINGS = {"all-vmapped": dict(tasks_per_call=None, batched=True),
+             "pairs-vmapped": dict(tasks_per_call=2, batched=True),
+             "one-by-one": dict(tasks_per_call=1, batched=False),
+             "threes-looped": dict(tasks_per_call=3, batched=False)}
+
+
+@pytest.mark.parametrize("grouping", GROUPINGS)
+@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_grouped_meta_gradient_matches_per_task_loop(grouping, problem, steps, first_order):
+    """maml_meta_gradient, whatever its grouping, accumulates the loop's meta-gradient into .grad."""
+    forward, loss_fn, params, support, query, lr = PROBLEMS[problem](torch.Generator().manual_seed(4))
+    args = (forward, loss_fn, params, support, query, steps, lr, first_order)
+    expected = meta_gradient(meta_learning.maml_meta_loss_loop, *args)
+    expected_loss, expected_predictions = meta_learning.maml_meta_loss_loop(*args)
+    for p in params:
+        p.grad = torch.ones_like(p)  # accumulated into, as loss.backward() would
+    loss, predictions = meta_learning.maml_meta_gradient(*args, **GROUPINGS[grouping])
+    assert relative_error([p.grad - 1 for p in params], expected) < 1e-10
+    torch.testing.assert_close(loss, expected_loss.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(predictions, expected_predictions.detach(), rtol=1e-10, atol=1e-12)
+    assert not loss.requires_grad and not predictions.requires_grad
+
+
+def test_task_grouping_batches_all_tasks_on_a_gpu_and_groups_them_on_a_cpu():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert meta_learning.task_grouping(gpu, 32, 100) == dict(tasks_per_call=None, batched=True)
+    images = meta_learning.CPU_IMAGES_PER_CALL
+    assert meta_learning.task_grouping(cpu, 32, images // 8) == dict(tasks_per_call=8, batched=True)
+    assert meta_learning.task_grouping(cpu, 4, images // 8) == dict(tasks_per_call=4, batched=True)
+    assert meta_learning.task_grouping(cpu, 32, images) == dict(tasks_per_call=1, batched=False)
+
+
 @pytest.mark.parametrize("problem", ["mlp", "cnn"])
 def test_first_order_meta_gradient_is_query_gradient_at_adapted_params(problem):
     """FOMAML: the mean over tasks of the query-loss gradient at phi, with phi
