@@ -105,7 +105,7 @@ def maml_meta_loss_loop(forward, loss_fn, params, support, query, steps, lr, fir
 
 
 def maml_meta_gradient(forward, loss_fn, params, support, query, steps, lr, first_order=False,
-                       tasks_per_call=None, batched=True):
+                       tasks_per_call=None, batched=True, meta_batch_size=None):
     """The MAML meta-gradient, added into each parameter's .grad: the gradient of
     the mean query loss over the meta-batch, computed tasks_per_call tasks at a
     time (all at once by default), each group backpropagated as soon as it is done.
@@ -114,14 +114,17 @@ def maml_meta_gradient(forward, loss_fn, params, support, query, steps, lr, firs
     (maml_meta_loss_loop). Small groups keep a group's activations in the CPU's
     cache from the forward pass to the backward pass and bound memory; one large
     group keeps a GPU busy. Every choice gives the same gradient up to the order
-    of floating-point sums. Returns the mean query loss (detached) and the query
-    predictions (tasks, n_query, ...).
+    of floating-point sums. meta_batch_size: the tasks of the whole meta-batch
+    when these are only this process's share (distributed.py), so that the
+    shares' gradients add up to the mean. Returns this share of the mean query
+    loss (detached) and the query predictions (tasks, n_query, ...).
     """
     meta_loss = maml_meta_loss if batched else maml_meta_loss_loop
-    n_tasks = support[0].shape[0]
-    group = tasks_per_call or n_tasks
+    n_here = support[0].shape[0]
+    n_tasks = meta_batch_size or n_here
+    group = tasks_per_call or n_here
     losses, predictions = [], []
-    for first in range(0, n_tasks, group):
+    for first in range(0, n_here, group):
         part = slice(first, first + group)
         loss, prediction = meta_loss(forward, loss_fn, params, [t[part] for t in support],
                                      [t[part] for t in query], steps, lr, first_order)
@@ -153,14 +156,17 @@ def task_grouping(device, n_tasks, images_per_task):
 
 
 def reptile_meta_step(forward, loss_fn, params, tasks, steps, lr, meta_step_size,
-                      optimizer="adam", batch_size=None):
+                      optimizer="adam", batch_size=None, meta_batch_size=None, sum_over_processes=None):
     """One Reptile meta-update, in place on `params`:
     theta <- theta + meta_step_size * mean_over_tasks(phi_task - theta),
     where phi_task is theta after `steps` inner steps on that task's data.
     tasks: (x, y) with a leading task dimension. No second derivatives anywhere.
-    Returns, like maml_meta_loss, the mean loss of the adapted parameters on
-    their tasks' data and their predictions, shape (tasks, n, ...).
+    When the tasks are one process's share, meta_batch_size is the whole
+    meta-batch's and sum_over_processes(list of tensors) adds up the shares.
+    Returns, like maml_meta_gradient, this share of the mean loss of the adapted
+    parameters on their tasks' data and their predictions, shape (tasks, n, ...).
     """
+    n_tasks = meta_batch_size or tasks[0].shape[0]
     detached = [p.detach() for p in params]
 
     def one_task(x, y):
@@ -169,10 +175,13 @@ def reptile_meta_step(forward, loss_fn, params, tasks, steps, lr, meta_step_size
 
     adapted = vmap(one_task)(*tasks)
     with torch.no_grad():
-        for p, phi in zip(params, adapted):
-            p.add_(meta_step_size * (phi - p).mean(dim=0))
+        displacement = [(phi - p).sum(dim=0) / n_tasks for p, phi in zip(params, adapted)]
+        if sum_over_processes:
+            displacement = sum_over_processes(displacement)
+        for p, d in zip(params, displacement):
+            p.add_(meta_step_size * d)
         predictions = vmap(forward)(adapted, tasks[0])
-        return vmap(loss_fn)(predictions, tasks[1]).mean(), predictions
+        return vmap(loss_fn)(predictions, tasks[1]).sum() / n_tasks, predictions
 
 
 def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, steps, lr,

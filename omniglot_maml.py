@@ -27,6 +27,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import distributed  # noqa: E402
 import meta_learning  # noqa: E402
 import models  # noqa: E402
 import omniglot_data  # noqa: E402
@@ -145,21 +146,23 @@ def main(argv=None):
     cfg, given = utils.parse_config(CONFIG, argv, __doc__.split("\n\n")[0], types=AUTO_TYPES)
     resolve_paper_defaults(cfg)
     validate(cfg)
+    rank, world_size, device = distributed.setup(utils.pick_device(cfg.device))  # 1 process unless torchrun
+    utils.check_tasks_per_process(world_size, meta_batch_size=cfg.meta_batch_size,
+                                  validation_tasks=cfg.validation_tasks, test_tasks=cfg.test_tasks)
     run_dir = cfg.out_dir or os.path.join(
         "results", "omniglot", f"{cfg.algorithm}-{cfg.split}-{cfg.n_way}w{cfg.k_shot}s-seed{cfg.seed}")
-    resuming = cfg.resume or cfg.eval_only
-    utils.prepare_run_dir(run_dir, resuming)
     checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
-    checkpoint = utils.load_checkpoint(checkpoint_path) if resuming else None
+    checkpoint = utils.open_run(run_dir, cfg.resume or cfg.eval_only, rank, world_size)
     if checkpoint:
         cfg = utils.resumed_config(checkpoint["config"], cfg, given)
-    device = utils.pick_device(cfg.device)
+    cfg.world_size = world_size
 
     # ---- data ---------------------------------------------------------------
-    try:
-        images, names = omniglot_data.load_omniglot(cfg.data_dir)
-    except omniglot_data.DataError as error:
-        utils.fail(str(error))
+    with distributed.rank_zero_first(rank, world_size):  # process 0 builds the cache
+        try:
+            images, names = omniglot_data.load_omniglot(cfg.data_dir)
+        except omniglot_data.DataError as error:
+            utils.fail(str(error))
     train_chars, validation_chars, test_chars = omniglot_data.split_characters(names, cfg.split)
     samplers = {
         "train": omniglot_data.TaskSampler(images[train_chars], rotations=True, device=device),
@@ -170,9 +173,11 @@ def main(argv=None):
         if cfg.n_way > sampler.n_classes:
             utils.fail(f"--n-way {cfg.n_way} exceeds the {sampler.n_classes} classes of the "
                        f"{cfg.split} split's {part} set")
-    print(json.dumps(vars(cfg), indent=2))
-    print(f"device {device}; classes: " + ", ".join(f"{p} {s.n_classes}" for p, s in samplers.items()))
-    utils.save_json(vars(cfg), os.path.join(run_dir, "config.json"))
+    if rank == 0:
+        print(json.dumps(vars(cfg), indent=2))
+        print(f"device {device}, {world_size} process(es); classes: "
+              + ", ".join(f"{p} {s.n_classes}" for p, s in samplers.items()))
+        utils.save_json(vars(cfg), os.path.join(run_dir, "config.json"))
 
     # ---- model --------------------------------------------------------------
     params, forward = build_network(cfg.model, cfg.n_way, torch.Generator().manual_seed(cfg.seed), device)
@@ -197,49 +202,64 @@ def main(argv=None):
         """Query accuracy of n_tasks fixed tasks after 0..steps adaptation steps, (tasks, steps + 1)."""
         support, query = sampler.sample(n_tasks, cfg.n_way, cfg.k_shot, cfg.k_shot,
                                         torch.Generator().manual_seed(seed))
-        return meta_learning.evaluate_adaptation(
-            forward, F.cross_entropy, accuracy, parameters, support, query, steps,
-            chunk_size=CHUNK_TASKS, **adaptation).cpu()
+        per_task = meta_learning.evaluate_adaptation(
+            forward, F.cross_entropy, accuracy, parameters, distributed.take_share(support, rank, world_size),
+            distributed.take_share(query, rank, world_size), steps, chunk_size=CHUNK_TASKS, **adaptation)
+        return distributed.gather_rows(per_task.cpu(), world_size)
 
     # ---- meta-training ------------------------------------------------------
-    metrics = utils.MetricsLog(os.path.join(run_dir, "metrics.csv"),
-                               ["iteration", "train_loss", "train_accuracy", "validation_accuracy"],
-                               resume_iteration=start if checkpoint else None)
+    if rank == 0:
+        metrics = utils.MetricsLog(os.path.join(run_dir, "metrics.csv"),
+                                   ["iteration", "train_loss", "train_accuracy", "validation_accuracy"],
+                                   resume_iteration=start if checkpoint else None)
+    share_of_batch = distributed.share(cfg.meta_batch_size, rank, world_size)
+    share_of_batch = (share_of_batch.stop - share_of_batch.start) / cfg.meta_batch_size
     window_loss, window_accuracy = [], []
     progress = tqdm(range(start, 0 if cfg.eval_only else cfg.meta_iterations), initial=start,
                     total=cfg.meta_iterations, desc=f"{cfg.algorithm} {cfg.n_way}-way {cfg.k_shot}-shot",
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=rank > 0)
     window_start = time.perf_counter()
     trained_iterations = start
     for iteration in progress:
         if cfg.algorithm == "reptile":
             tasks, _ = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.reptile_train_shots, 0,
                                                 task_generator)
+            tasks = distributed.take_share(tasks, rank, world_size)
             meta_step_size = cfg.reptile_meta_step * (1 - iteration / cfg.meta_iterations)
             loss, predictions = meta_learning.reptile_meta_step(
                 forward, F.cross_entropy, params, tasks, cfg.inner_steps, cfg.inner_lr, meta_step_size,
-                optimizer="adam", batch_size=cfg.reptile_inner_batch)
+                optimizer="adam", batch_size=cfg.reptile_inner_batch, meta_batch_size=cfg.meta_batch_size,
+                sum_over_processes=functools.partial(distributed.sum_across, world_size=world_size))
             labels = tasks[1]
         else:
             support, query = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_shot,
                                                       task_generator)
+            support, query = (distributed.take_share(t, rank, world_size) for t in (support, query))
             optimizer.zero_grad()
             loss, predictions = meta_learning.maml_meta_gradient(
-                forward, F.cross_entropy, params, support, query, cfg.inner_steps,
-                cfg.inner_lr * cfg.n_way, first_order=cfg.algorithm == "fomaml", **grouping)
+                forward, F.cross_entropy, params, support, query, cfg.inner_steps, cfg.inner_lr * cfg.n_way,
+                first_order=cfg.algorithm == "fomaml", meta_batch_size=cfg.meta_batch_size, **grouping)
+            distributed.sum_gradients(params, world_size)
             optimizer.step()
             labels = query[1]
-        # Kept as tensors until a row is logged, so a GPU is not synchronised every iteration.
+        # Kept as tensors until a row is logged, so a GPU is not synchronised every iteration;
+        # this process's share of the meta-batch means, summed over processes at each row.
         window_loss.append(loss.detach())
-        window_accuracy.append(accuracy(predictions, labels))
+        window_accuracy.append(accuracy(predictions, labels) * share_of_batch)
 
         done = iteration + 1
-        out_of_time = 0 < 60 * cfg.train_minutes <= train_seconds + time.perf_counter() - window_start
+        over_budget = 0 < 60 * cfg.train_minutes <= train_seconds + time.perf_counter() - window_start
+        # Several processes must stop together: they agree to at a metrics row (every log_every iterations).
+        out_of_time = over_budget and world_size == 1
         validating = done % cfg.validate_every == 0 or done == cfg.meta_iterations or out_of_time
         if not (validating or done % cfg.log_every == 0):
             continue
-        row = dict(iteration=done, train_loss=torch.stack(window_loss).mean().item(),
-                   train_accuracy=torch.stack(window_accuracy).mean().item(), validation_accuracy="")
+        mean_loss, mean_accuracy, stop = distributed.sum_across(
+            [torch.stack(window_loss).mean(), torch.stack(window_accuracy).mean(),
+             torch.tensor(float(over_budget), device=loss.device)], world_size)
+        out_of_time, validating = stop.item() > 0, validating or stop.item() > 0
+        row = dict(iteration=done, train_loss=mean_loss.item(), train_accuracy=mean_accuracy.item(),
+                   validation_accuracy="")
         window_loss, window_accuracy = [], []
         if validating:
             row["validation_accuracy"] = evaluate(samplers["validation"], cfg.validation_tasks, VALIDATION_SEED,
@@ -247,19 +267,22 @@ def main(argv=None):
             if row["validation_accuracy"] > best["accuracy"]:
                 best = dict(accuracy=row["validation_accuracy"], iteration=done,
                             params=[p.detach().cpu().clone() for p in params])
-        metrics.log(**row)  # before the checkpoint, so a resume never loses a row
+        if rank == 0:
+            metrics.log(**row)  # before the checkpoint, so a resume never loses a row
         if validating:
             train_seconds += time.perf_counter() - window_start
             trained_iterations = done
-            utils.save_checkpoint(dict(
-                config=vars(cfg), iteration=done, train_seconds=train_seconds, best=best,
-                params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
-                task_generator=task_generator.get_state()), checkpoint_path)
-            utils.save_checkpoint(best, best_path)  # a copy for users; the checkpoint holds it too
-            progress.set_postfix(val_acc=f"{row['validation_accuracy']:.3f}", best=f"{best['accuracy']:.3f}")
+            if rank == 0:
+                utils.save_checkpoint(dict(
+                    config=vars(cfg), iteration=done, train_seconds=train_seconds, best=best,
+                    params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
+                    task_generator=task_generator.get_state()), checkpoint_path)
+                utils.save_checkpoint(best, best_path)  # a copy for users; the checkpoint holds it too
+                progress.set_postfix(val_acc=f"{row['validation_accuracy']:.3f}", best=f"{best['accuracy']:.3f}")
             window_start = time.perf_counter()
         if out_of_time:
-            print(f"\n--train-minutes {cfg.train_minutes}: stopped after iteration {done}")
+            if rank == 0:
+                print(f"\n--train-minutes {cfg.train_minutes}: stopped after iteration {done}")
             break
     progress.close()
 
@@ -271,7 +294,10 @@ def main(argv=None):
         "accuracy": {"mean": mean.tolist(), "ci95": ci.tolist()},
         "headline_step": cfg.test_steps, "tasks": cfg.test_tasks, "split": cfg.split,
         "best_iteration": best["iteration"], "best_validation_accuracy": best["accuracy"],
-        "meta_iterations": trained_iterations, "train_seconds": round(train_seconds, 1)}}
+        "meta_iterations": trained_iterations, "train_seconds": round(train_seconds, 1)},
+        "world_size": world_size}
+    if rank > 0:
+        return results
     utils.save_json(results, os.path.join(run_dir, "results.json"))
     s = cfg.test_steps
     print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot, best iteration {best['iteration']}: "
@@ -315,4 +341,4 @@ def plot_test_accuracy(test, title, path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    distributed.run_main(main, sys.argv[1:])

@@ -12,6 +12,7 @@ Every value in CONFIG can be overridden as --name value (dashes for underscores)
 A run writes config.json, metrics.csv, checkpoint.pt, results.json and plots to
 its folder; --resume continues it from its last checkpoint.
 """
+import functools
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import distributed  # noqa: E402
 import meta_learning  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
@@ -107,15 +109,18 @@ def main(argv=None):
     # ---- config -------------------------------------------------------------
     cfg, given = utils.parse_config(CONFIG, argv, __doc__.split("\n\n")[0])
     validate(cfg)
+    rank, world_size, _ = distributed.setup(torch.device("cpu"))  # 1 process unless torchrun
+    utils.check_tasks_per_process(world_size, meta_batch_size=cfg.meta_batch_size, eval_tasks=cfg.eval_tasks)
     run_dir = cfg.out_dir or os.path.join(
         "results", "sinusoid", f"{cfg.algorithm}-k{cfg.k_shot}-seed{cfg.seed}")
-    utils.prepare_run_dir(run_dir, cfg.resume)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    checkpoint = utils.load_checkpoint(checkpoint_path) if cfg.resume else None
+    checkpoint = utils.open_run(run_dir, cfg.resume, rank, world_size)
     if checkpoint:
         cfg = utils.resumed_config(checkpoint["config"], cfg, given)
-    print(json.dumps(vars(cfg), indent=2))
-    utils.save_json(vars(cfg), os.path.join(run_dir, "config.json"))
+    cfg.world_size = world_size
+    if rank == 0:
+        print(json.dumps(vars(cfg), indent=2))
+        utils.save_json(vars(cfg), os.path.join(run_dir, "config.json"))
 
     # ---- model: meta-learned network and pretrained baseline, same init ------
     sizes = [1, cfg.hidden_units, cfg.hidden_units, 1]
@@ -146,46 +151,58 @@ def main(argv=None):
             task_generator=task_generator.get_state()), checkpoint_path)
 
     # ---- meta-training ------------------------------------------------------
-    metrics = utils.MetricsLog(os.path.join(run_dir, "metrics.csv"),
-                               ["iteration", "meta_loss", "baseline_loss"],
-                               resume_iteration=start if checkpoint else None)
+    if rank == 0:
+        metrics = utils.MetricsLog(os.path.join(run_dir, "metrics.csv"),
+                                   ["iteration", "meta_loss", "baseline_loss"],
+                                   resume_iteration=start if checkpoint else None)
     k = cfg.k_shot
     window_meta, window_baseline = [], []
     progress = tqdm(range(start, cfg.meta_iterations), initial=start, total=cfg.meta_iterations,
-                    desc=f"{cfg.algorithm} meta-training", dynamic_ncols=True)
+                    desc=f"{cfg.algorithm} meta-training", dynamic_ncols=True, disable=rank > 0)
     window_start = time.perf_counter()
     for iteration in progress:
         x, y, _, _ = sample_sinusoids(task_generator, cfg.meta_batch_size, 2 * k)
+        # Every process draws the whole meta-batch and meta-learns on its share of the tasks;
+        # the pretrained baseline, which is cheap, trains on all of them in every process.
+        x_share, y_share = distributed.take_share((x, y), rank, world_size)
         if cfg.algorithm == "reptile":
             meta_step_size = cfg.reptile_meta_step * (1 - iteration / cfg.meta_iterations)
             meta_loss, _ = meta_learning.reptile_meta_step(
-                models.mlp, mse, meta_params, (x, y), cfg.reptile_inner_steps,
-                cfg.reptile_inner_lr, meta_step_size, optimizer=cfg.reptile_inner_optimizer)
+                models.mlp, mse, meta_params, (x_share, y_share), cfg.reptile_inner_steps,
+                cfg.reptile_inner_lr, meta_step_size, optimizer=cfg.reptile_inner_optimizer,
+                meta_batch_size=cfg.meta_batch_size,
+                sum_over_processes=functools.partial(distributed.sum_across, world_size=world_size))
         else:
             meta_optimizer.zero_grad()
             meta_loss, _ = meta_learning.maml_meta_gradient(
-                models.mlp, mse, meta_params, (x[:, :k], y[:, :k]), (x[:, k:], y[:, k:]),
-                cfg.inner_steps, cfg.inner_lr, first_order=cfg.algorithm == "fomaml")
+                models.mlp, mse, meta_params, (x_share[:, :k], y_share[:, :k]), (x_share[:, k:], y_share[:, k:]),
+                cfg.inner_steps, cfg.inner_lr, first_order=cfg.algorithm == "fomaml",
+                meta_batch_size=cfg.meta_batch_size)
+            distributed.sum_gradients(meta_params, world_size)
             meta_optimizer.step()
         baseline_loss = mse(models.mlp(baseline_params, x.reshape(-1, 1)), y.reshape(-1, 1))
         baseline_optimizer.zero_grad()
         baseline_loss.backward()
         baseline_optimizer.step()
-        window_meta.append(meta_loss.item())
+        window_meta.append(meta_loss.item())  # this process's share of the mean
         window_baseline.append(baseline_loss.item())
 
         done = iteration + 1
         if done % cfg.log_every == 0 or done == cfg.meta_iterations:
-            row = dict(iteration=done, meta_loss=sum(window_meta) / len(window_meta),
+            meta_loss_sum, = distributed.sum_across(
+                [torch.tensor(sum(window_meta) / len(window_meta), dtype=torch.float64)], world_size)
+            row = dict(iteration=done, meta_loss=meta_loss_sum.item(),
                        baseline_loss=sum(window_baseline) / len(window_baseline))
-            metrics.log(**row)
+            if rank == 0:
+                metrics.log(**row)
             progress.set_postfix(meta_loss=f"{row['meta_loss']:.3f}",
                                  baseline=f"{row['baseline_loss']:.3f}")
             window_meta, window_baseline = [], []
         if done % cfg.checkpoint_every == 0 or done == cfg.meta_iterations:
             train_seconds += time.perf_counter() - window_start
             window_start = time.perf_counter()
-            save(done)
+            if rank == 0:
+                save(done)
     progress.close()
 
     # ---- evaluation: the same 600 test tasks for every run -----------------
@@ -204,15 +221,17 @@ def main(argv=None):
         "pretrained": (baseline_params, sgd),
     }
     results = {"mse": {}, "train_seconds": round(train_seconds, 1),
-               "meta_iterations": cfg.meta_iterations}
+               "meta_iterations": cfg.meta_iterations, "world_size": world_size}
     for method, (params, inner) in adaptation.items():
         results["mse"][method] = {}
         for k_eval in k_shots:
             per_task = meta_learning.evaluate_adaptation(
-                models.mlp, mse, mse, params, support[k_eval], (query_x, query_y),
-                cfg.eval_steps, **inner)
-            mean, ci = utils.mean_ci95(per_task)
+                models.mlp, mse, mse, params, distributed.take_share(support[k_eval], rank, world_size),
+                distributed.take_share((query_x, query_y), rank, world_size), cfg.eval_steps, **inner)
+            mean, ci = utils.mean_ci95(distributed.gather_rows(per_task, world_size))
             results["mse"][method][str(k_eval)] = dict(mean=mean.tolist(), ci95=ci.tolist())
+    if rank > 0:
+        return results
     utils.save_json(results, os.path.join(run_dir, "results.json"))
     print_table(results, [0, 1, 5, cfg.eval_steps] if cfg.eval_steps > 5 else range(cfg.eval_steps + 1))
 
@@ -292,4 +311,4 @@ def plot_fits(adaptation, tasks, k, steps, path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    distributed.run_main(main, sys.argv[1:])

@@ -10,6 +10,8 @@ from types import SimpleNamespace
 
 import torch
 
+import distributed
+
 # Keys that may be given anew when a run is resumed: where it and its data live,
 # where it runs, and how many tasks its final test uses.
 RESUME_FREE_KEYS = {"out_dir", "device", "data_dir", "test_tasks"}
@@ -70,6 +72,24 @@ def prepare_run_dir(run_dir, resume):
     except OSError as error:
         fail(f"cannot create output folder {run_dir}: {error.strerror}")
     return run_dir
+
+
+def open_run(run_dir, resuming, rank, world_size):
+    """Process 0 prepares the run folder (prepare_run_dir) and, when resuming,
+    loads the checkpoint; every process gets the checkpoint (None for a new run)."""
+    checkpoint = None
+    if rank == 0:
+        prepare_run_dir(run_dir, resuming)
+        checkpoint = load_checkpoint(os.path.join(run_dir, "checkpoint.pt")) if resuming else None
+    return distributed.from_rank_zero(checkpoint, world_size)
+
+
+def check_tasks_per_process(world_size, **task_counts):
+    """Every process needs at least one task of each kind."""
+    for key, count in task_counts.items():
+        if world_size > count:
+            fail(f"{world_size} processes cannot share --{key.replace('_', '-')} {count}: "
+                 f"start at most {count} processes")
 
 
 def resumed_config(saved, cfg, given):

@@ -1,0 +1,242 @@
+"""Tasks spread over processes with torch.distributed: gloo on this CPU, started
+by torchrun (python -m torch.distributed.run) or torch.multiprocessing."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import distributed
+import meta_learning
+import models
+import utils
+from test_meta_learning import PROBLEMS, relative_error
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK_SINE = ["--meta-iterations", "30", "--checkpoint-every", "10", "--log-every", "5", "--eval-tasks", "20",
+              "--eval-k-shots", "5", "--eval-steps", "2"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def single_thread_env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+
+
+def torchrun(*args, nproc=2, extra=(), **kwargs):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), *extra, *args]
+    return subprocess.run(command, cwd=ROOT, env=single_thread_env(), capture_output=True, text=True,
+                          timeout=240, **kwargs)
+
+
+def sine(out_dir, *args):
+    return ["sinusoid_maml.py", *QUICK_SINE, "--out-dir", str(out_dir), *args]
+
+
+def final_params(run_dir):
+    return utils.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["meta_params"]
+
+
+def assert_same_params(a, b, tolerance=1e-6):
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=tolerance, atol=tolerance)
+
+
+def test_shares_are_as_even_as_possible_and_cover_every_task():
+    assert [distributed.share(25, r, 2) for r in range(2)] == [slice(0, 13), slice(13, 25)]
+    for n in (1, 5, 16, 25, 600):
+        for world in range(1, min(n, 7) + 1):
+            sizes = [s.stop - s.start for s in (distributed.share(n, r, world) for r in range(world))]
+            assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
+            assert [distributed.share(n, r, world).start for r in range(world)] == [sum(sizes[:r]) for r in range(world)]
+
+
+# ---- the meta-gradient of 2 processes equals that of 1 (float64) ---------------
+def _gradient_worker(rank, world_size, port, problem, algorithm, path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.set_default_dtype(torch.float64)
+    result = spread_update(problem, algorithm, rank, world_size)
+    if rank == 0:
+        torch.save(result, path)
+    dist.destroy_process_group()
+
+
+def spread_update(problem, algorithm, rank, world_size):
+    """The meta-gradient (MAML) or the meta-update (Reptile) of 5 tasks, computed
+    by this process on its share of them and summed over processes."""
+    forward, loss_fn, params, support, query, lr = PROBLEMS[problem](torch.Generator().manual_seed(5))
+    n_tasks = support[0].shape[0]
+    if algorithm == "reptile":
+        tasks = distributed.take_share([torch.cat([s, q], 1) for s, q in zip(support, query)], rank, world_size)
+        params = [p.detach().clone() for p in params]
+        sum_over = lambda tensors: distributed.sum_across(tensors, world_size)  # noqa: E731
+        meta_learning.reptile_meta_step(forward, loss_fn, params, tasks, 3, lr, 0.5, meta_batch_size=n_tasks,
+                                        sum_over_processes=sum_over)
+        return params
+    meta_learning.maml_meta_gradient(forward, loss_fn, params, distributed.take_share(support, rank, world_size),
+                                     distributed.take_share(query, rank, world_size), 2, lr,
+                                     meta_batch_size=n_tasks)
+    distributed.sum_gradients(params, world_size)
+    return [p.grad for p in params]
+
+
+@pytest.mark.parametrize("problem, algorithm", [("mlp", "maml"), ("cnn", "maml"), ("mlp", "reptile")])
+def test_two_processes_give_the_meta_gradient_of_one(tmp_path, problem, algorithm):
+    torch.set_default_dtype(torch.float64)
+    try:
+        expected = spread_update(problem, algorithm, 0, 1)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    path = tmp_path / "result.pt"
+    mp.spawn(_gradient_worker, args=(2, free_port(), problem, algorithm, str(path)), nprocs=2)
+    assert relative_error(torch.load(path), expected) < 1e-12
+
+
+def _die_before_all_reduce_worker(rank, world_size, port, path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    if rank == 1:
+        os._exit(0)  # a process that dies without a word
+    start = time.perf_counter()
+    try:
+        distributed.sum_across([torch.ones(3)], world_size)
+        message = "no error"
+    except distributed.ProcessFailure as error:
+        message = str(error)
+    with open(path, "w") as f:
+        json.dump(dict(message=message, seconds=time.perf_counter() - start), f)
+
+
+def test_a_process_that_dies_ends_the_others_collective_with_one_line(tmp_path):
+    path = tmp_path / "result.json"
+    processes = mp.start_processes(_die_before_all_reduce_worker, args=(2, free_port(), str(path)), nprocs=2,
+                                   start_method="spawn", join=False)
+    deadline = time.time() + 120
+    while not processes.join(timeout=1) and time.time() < deadline:
+        pass
+    result = json.loads(path.read_text())
+    assert result["message"].startswith("another process of the run stopped answering or failed")
+    assert "\n" not in result["message"]
+    assert result["seconds"] < distributed.TIMEOUT.total_seconds()
+
+
+# ---- whole runs under torchrun --------------------------------------------------
+def test_torchrun_sinusoid_run_equals_one_process(tmp_path):
+    one = subprocess.run([sys.executable, *sine(tmp_path / "one")], cwd=ROOT, env=single_thread_env(),
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(*sine(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert_same_params(final_params(tmp_path / "two"), final_params(tmp_path / "one"))
+    results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two")}
+    assert results["one"]["world_size"] == 1 and results["two"]["world_size"] == 2
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    mse_one, mse_two = (torch.tensor(results[n]["mse"]["maml"]["5"]["mean"]) for n in ("one", "two"))
+    torch.testing.assert_close(mse_two, mse_one, rtol=1e-5, atol=1e-6)
+    rows = {n: (tmp_path / n / "metrics.csv").read_text().splitlines() for n in ("one", "two")}
+    assert len(rows["one"]) == len(rows["two"]) == 7  # rank 0 alone wrote its rows
+    assert "1 process" not in two.stdout and two.stdout.count('"world_size": 2') == 1  # printed once
+
+
+def test_two_torchrun_nodes_on_localhost_equal_one_process(tmp_path):
+    port = free_port()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                               *sine(tmp_path / f"node{rank}")],
+                              cwd=ROOT, env=single_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in range(2)]
+    outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert not (tmp_path / "node1").exists()  # the process of rank 1 writes nothing
+    one = subprocess.run([sys.executable, *sine(tmp_path / "one")], cwd=ROOT, env=single_thread_env(),
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0
+    assert_same_params(final_params(tmp_path / "node0"), final_params(tmp_path / "one"))
+
+
+def _children(pid):
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        children.append(int(entry))
+            except OSError:
+                pass
+    return children
+
+
+def start_and_kill_after_first_checkpoint(args, run_dir, victim):
+    """Start torchrun, wait for the first checkpoint, then SIGKILL `victim`:
+    'all' kills the whole launch, 'worker' one worker process only."""
+    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *args],
+                              cwd=ROOT, env=single_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    workers = _children(launch.pid)  # torchrun starts each worker in a session of its own
+    for pid in (workers + [launch.pid] if victim == "all" else workers[-1:]):
+        os.kill(pid, signal.SIGKILL)
+    output = launch.communicate(timeout=120)[0]
+    return launch.returncode, output
+
+
+SLOW = ["--hidden-units", "200", "--meta-batch-size", "100"]  # slow enough to be killed half way
+
+
+def test_killed_torchrun_run_resumes_under_torchrun_and_with_another_world_size(tmp_path):
+    args = sine(tmp_path / "straight", "--meta-iterations", "60", "--checkpoint-every", "10", *SLOW)
+    straight = subprocess.run([sys.executable, *args], cwd=ROOT, env=single_thread_env(), capture_output=True,
+                              timeout=240)
+    assert straight.returncode == 0
+    for name, resume_processes in (("two-two", 2), ("two-one", 1)):
+        run_dir = tmp_path / name
+        start_and_kill_after_first_checkpoint(sine(run_dir, "--meta-iterations", "60", "--checkpoint-every", "10", *SLOW),
+                                              run_dir, victim="all")
+        assert utils.load_checkpoint(str(run_dir / "checkpoint.pt"))["iteration"] < 60
+        resume = ["sinusoid_maml.py", "--resume", "--out-dir", str(run_dir)]
+        if resume_processes == 2:
+            resumed = torchrun(*resume)
+        else:
+            resumed = subprocess.run([sys.executable, *resume], cwd=ROOT, env=single_thread_env(),
+                                     capture_output=True, text=True, timeout=240)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert_same_params(final_params(run_dir), final_params(tmp_path / "straight"))
+        assert json.loads((run_dir / "results.json").read_text())["world_size"] == resume_processes
+
+
+def test_a_killed_worker_stops_the_whole_run_without_hanging(tmp_path):
+    run_dir = tmp_path / "run"
+    start = time.perf_counter()
+    code, output = start_and_kill_after_first_checkpoint(
+        sine(run_dir, "--meta-iterations", "100000", "--checkpoint-every", "5"), run_dir, victim="worker")
+    assert code != 0
+    assert time.perf_counter() - start < 120
+    assert utils.load_checkpoint(str(run_dir / "checkpoint.pt"))["iteration"] >= 5  # kept for --resume
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--meta-batch-size", "1"], "2 processes cannot share --meta-batch-size 1: start at most 1 processes"),
+    (["--eval-tasks", "1"], "--eval-tasks must be at least 2"),
+])
+def test_bad_input_under_torchrun_is_one_line(tmp_path, args, message):
+    result = torchrun(*sine(tmp_path / "run", *args))
+    assert result.returncode != 0
+    # One line from each process that says it before torchrun stops the others.
+    assert 1 <= sum(line == f"error: {message}" or line.startswith(f"error: {message}") for line in result.stderr.splitlines()) <= 2
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
