@@ -5,6 +5,7 @@ repeated iterations); for Omniglot also the time of the convolutions alone.
 
     python benchmark.py sinusoid
     python benchmark.py omniglot [--device cuda] [--configs 5w1s,20w5s] [--repeats 3]
+    python benchmark.py processes [--configs 5w1s,20w1s]   # needs the data in data/omniglot
 
 Omniglot tasks are sampled by the real task sampler from random images of the
 real shape and number (speed does not depend on pixel values), so no data is needed.
@@ -17,7 +18,12 @@ its convolutions were free.
 """
 import argparse
 import functools
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -152,17 +158,51 @@ def omniglot(device, repeats, configs):
                 impls["loop"](models.cnn, F.cross_entropy, params, *sample(), steps, lr, first_order)
             convs = convolution_seconds(recorder.calls, device, repeats)
             order = "first" if first_order else "second"
-            runs = (f"{'vmap' if grouping['batched'] else 'loop'}, "
-                    f"{grouping['tasks_per_call'] or tasks} tasks per call")
+            runs = (f"vmap, groups of {grouping['tasks_per_call'] or tasks} tasks" if grouping["batched"]
+                    else "task by task")
             print(f"| {name} ({tasks} tasks, {steps} step{'s' if steps > 1 else ''}) | {order} | "
                   + " | ".join(f"{seconds:.4f}" for seconds in t.values())
                   + f" | {t['vmap (ccb5057)'] / t['now']:.2f}x | {convs:.4f} | {t['now'] / convs:.2f}x | {runs} |",
                   flush=True)
 
 
+# How each launch of omniglot_maml.py runs: (command prefix, threads per process).
+LAUNCHES = {
+    "1 process, 1 thread": ([sys.executable], 1),
+    "1 process, 2 threads": ([sys.executable], 2),
+    "2 processes (torchrun), 1 thread each": ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"], 1),
+}
+# Meta-iterations timed per launch: about 20 s of training each on a 2-core CPU.
+PROCESS_ITERATIONS = {"5w1s": 60, "5w5s": 12, "20w1s": 10, "20w5s": 2}
+
+
+def processes(configs):
+    """Meta-iterations per second of omniglot_maml.py itself (train_seconds in
+    its results.json) on the paper split, launched in each way of LAUNCHES."""
+    print("| Omniglot (paper split) | " + " | ".join(f"{name}: it/s" for name in LAUNCHES)
+          + " | 2 processes / 1 process, 1 thread |")
+    print("|---|" + "---|" * (len(LAUNCHES) + 1))
+    for name in configs:
+        n_way, k_shot = OMNIGLOT_CONFIGS[name][:2]
+        iterations = PROCESS_ITERATIONS[name]
+        rates = []
+        for launcher, threads in LAUNCHES.values():
+            with tempfile.TemporaryDirectory() as out_dir:
+                subprocess.run([*launcher, "omniglot_maml.py", "--split", "paper", "--n-way", str(n_way),
+                                "--k-shot", str(k_shot), "--meta-iterations", str(iterations), "--device", "cpu",
+                                "--validate-every", str(iterations), "--log-every", str(iterations),
+                                "--validation-tasks", "2", "--test-tasks", "2", "--out-dir", out_dir],
+                               env={**os.environ, "OMP_NUM_THREADS": str(threads)}, check=True,
+                               capture_output=True)
+                with open(os.path.join(out_dir, "results.json")) as f:
+                    rates.append(iterations / json.load(f)["test"]["train_seconds"])
+        print(f"| {name} ({iterations} iterations) | " + " | ".join(f"{rate:.3f}" for rate in rates)
+              + f" | {rates[2] / rates[0]:.2f}x |", flush=True)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", choices=["sinusoid", "omniglot"])
+    parser.add_argument("experiment", choices=["sinusoid", "omniglot", "processes"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3, help="timed meta-iterations per cell (x50 for sinusoid)")
     parser.add_argument("--configs", default=",".join(OMNIGLOT_CONFIGS), help="Omniglot configurations to time")
@@ -171,5 +211,7 @@ if __name__ == "__main__":
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
     if args.experiment == "sinusoid":
         sinusoid(device, args.repeats)
-    else:
+    elif args.experiment == "omniglot":
         omniglot(device, args.repeats, args.configs.split(","))
+    else:
+        processes(args.configs.split(","))

@@ -135,22 +135,23 @@ def maml_meta_gradient(forward, loss_fn, params, support, query, steps, lr, firs
     return torch.stack(losses).sum(), torch.cat(predictions)
 
 
-# On a CPU, tasks go through the meta-gradient in groups of about this many
-# images (support + query): large enough that vmap's batching pays, small enough
+# On a CPU, tasks go through the meta-gradient in vmapped groups of about this
+# many images (support + query): large enough that batching pays, small enough
 # that a group's activations stay in cache between its forward and backward
-# passes (benchmark.py; README, Speed). Tasks of at least this many images go
-# one by one.
+# passes. Tasks so large that fewer than MIN_TASKS_PER_CALL fit go one by one,
+# which measured faster for them (benchmark.py; README, Speed).
 CPU_IMAGES_PER_CALL = 160
+MIN_TASKS_PER_CALL = 4
 
 
 def task_grouping(device, n_tasks, images_per_task):
     """maml_meta_gradient's tasks_per_call and batched for a meta-batch on a device:
     the whole meta-batch in one vmapped call on a GPU; on a CPU, vmapped groups of
-    about CPU_IMAGES_PER_CALL images, or task by task for tasks that large."""
+    about CPU_IMAGES_PER_CALL images, or task by task for large tasks."""
     if device.type != "cpu":
         return dict(tasks_per_call=None, batched=True)
     group = CPU_IMAGES_PER_CALL // images_per_task
-    if group <= 1:
+    if group < MIN_TASKS_PER_CALL:
         return dict(tasks_per_call=1, batched=False)
     return dict(tasks_per_call=min(group, n_tasks), batched=True)
 

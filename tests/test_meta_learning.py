@@ -105,9 +105,11 @@ def test_grouped_meta_gradient_matches_per_task_loop(grouping, problem, steps, f
 def test_task_grouping_batches_all_tasks_on_a_gpu_and_groups_them_on_a_cpu():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert meta_learning.task_grouping(gpu, 32, 100) == dict(tasks_per_call=None, batched=True)
-    images = meta_learning.CPU_IMAGES_PER_CALL
+    images, fewest = meta_learning.CPU_IMAGES_PER_CALL, meta_learning.MIN_TASKS_PER_CALL
     assert meta_learning.task_grouping(cpu, 32, images // 8) == dict(tasks_per_call=8, batched=True)
     assert meta_learning.task_grouping(cpu, 4, images // 8) == dict(tasks_per_call=4, batched=True)
+    assert meta_learning.task_grouping(cpu, 32, images // fewest) == dict(tasks_per_call=fewest, batched=True)
+    assert meta_learning.task_grouping(cpu, 32, images // fewest + 1) == dict(tasks_per_call=1, batched=False)
     assert meta_learning.task_grouping(cpu, 32, images) == dict(tasks_per_call=1, batched=False)
 
 
