@@ -209,28 +209,30 @@ class TaskSampler:
         self.rotations = 4 if rotations else 1
         self.n_classes = len(self.images) * self.rotations
 
-    def sample(self, n_tasks, n_way, support_shots, query_shots, generator):
-        """Support (x, y) and query (x, y), x of shape (tasks, n_way * shots, 1, 28, 28)."""
-        classes = torch.rand(n_tasks, self.n_classes, generator=generator).argsort(dim=1)[:, :n_way]
-        drawers = torch.rand(n_tasks, n_way, DRAWERS, generator=generator).argsort(dim=2)
+    def sample(self, n_tasks, n_way, support_shots, query_shots, generator, part=slice(None)):
+        """Support (x, y) and query (x, y), x of shape (tasks, n_way * shots, 1, 28, 28).
+        part: only these of the n_tasks tasks are built (a process's share); the
+        generator advances as for all of them, so every share is a slice of the same draw."""
+        classes = torch.rand(n_tasks, self.n_classes, generator=generator)[part].argsort(dim=1)[:, :n_way]
+        drawers = torch.rand(n_tasks, n_way, DRAWERS, generator=generator)[part].argsort(dim=2)
         drawers = drawers[:, :, :support_shots + query_shots]
         device = self.images.device
         characters = (classes // self.rotations).to(device)
         x = self.images[characters[:, :, None], drawers.to(device)]  # (tasks, way, shots, 28, 28)
         rotation = (classes % self.rotations).to(device)[:, :, None, None, None]
         x = sum(torch.where(rotation == r, x.rot90(r, dims=(3, 4)), 0) for r in range(self.rotations))
-        y = torch.arange(n_way, device=device).view(1, n_way, 1).expand(n_tasks, -1, support_shots + query_shots)
+        y = torch.arange(n_way, device=device).view(1, n_way, 1).expand(len(x), -1, support_shots + query_shots)
 
         def flat(t):
-            return t.reshape(n_tasks, -1, *t.shape[3:])
+            return t.reshape(len(x), -1, *t.shape[3:])
         support = (flat(x[:, :, :support_shots, None]), flat(y[:, :, :support_shots]))
         query = (flat(x[:, :, support_shots:, None]), flat(y[:, :, support_shots:]))
-        return self._shuffled(support, generator), self._shuffled(query, generator)
+        return self._shuffled(support, generator, n_tasks, part), self._shuffled(query, generator, n_tasks, part)
 
     @staticmethod
-    def _shuffled(task_data, generator):
+    def _shuffled(task_data, generator, n_tasks, part):
         """The same images in a random order per task, so that mini-batches of a
         task (Reptile) mix its classes."""
         x, y = task_data
-        order = torch.rand(y.shape, generator=generator).argsort(dim=1).to(y.device)
+        order = torch.rand(n_tasks, y.shape[1], generator=generator)[part].argsort(dim=1).to(y.device)
         return x[torch.arange(len(x), device=y.device)[:, None], order], y.gather(1, order)

@@ -200,11 +200,10 @@ def main(argv=None):
 
     def evaluate(sampler, n_tasks, seed, steps, parameters):
         """Query accuracy of n_tasks fixed tasks after 0..steps adaptation steps, (tasks, steps + 1)."""
-        support, query = sampler.sample(n_tasks, cfg.n_way, cfg.k_shot, cfg.k_shot,
-                                        torch.Generator().manual_seed(seed))
-        per_task = meta_learning.evaluate_adaptation(
-            forward, F.cross_entropy, accuracy, parameters, distributed.take_share(support, rank, world_size),
-            distributed.take_share(query, rank, world_size), steps, chunk_size=CHUNK_TASKS, **adaptation)
+        support, query = sampler.sample(n_tasks, cfg.n_way, cfg.k_shot, cfg.k_shot, torch.Generator().manual_seed(seed),
+                                        distributed.share(n_tasks, rank, world_size))
+        per_task = meta_learning.evaluate_adaptation(forward, F.cross_entropy, accuracy, parameters, support, query,
+                                                     steps, chunk_size=CHUNK_TASKS, **adaptation)
         return distributed.gather_rows(per_task.cpu(), world_size)
 
     # ---- meta-training ------------------------------------------------------
@@ -212,8 +211,9 @@ def main(argv=None):
         metrics = utils.MetricsLog(os.path.join(run_dir, "metrics.csv"),
                                    ["iteration", "train_loss", "train_accuracy", "validation_accuracy"],
                                    resume_iteration=start if checkpoint else None)
-    share_of_batch = distributed.share(cfg.meta_batch_size, rank, world_size)
-    share_of_batch = (share_of_batch.stop - share_of_batch.start) / cfg.meta_batch_size
+    # Every process draws the same meta-batches and builds only its share of the tasks.
+    my_tasks = distributed.share(cfg.meta_batch_size, rank, world_size)
+    share_of_batch = (my_tasks.stop - my_tasks.start) / cfg.meta_batch_size
     window_loss, window_accuracy = [], []
     progress = tqdm(range(start, 0 if cfg.eval_only else cfg.meta_iterations), initial=start,
                     total=cfg.meta_iterations, desc=f"{cfg.algorithm} {cfg.n_way}-way {cfg.k_shot}-shot",
@@ -223,8 +223,7 @@ def main(argv=None):
     for iteration in progress:
         if cfg.algorithm == "reptile":
             tasks, _ = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.reptile_train_shots, 0,
-                                                task_generator)
-            tasks = distributed.take_share(tasks, rank, world_size)
+                                                task_generator, my_tasks)
             meta_step_size = cfg.reptile_meta_step * (1 - iteration / cfg.meta_iterations)
             loss, predictions = meta_learning.reptile_meta_step(
                 forward, F.cross_entropy, params, tasks, cfg.inner_steps, cfg.inner_lr, meta_step_size,
@@ -233,8 +232,7 @@ def main(argv=None):
             labels = tasks[1]
         else:
             support, query = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_shot,
-                                                      task_generator)
-            support, query = (distributed.take_share(t, rank, world_size) for t in (support, query))
+                                                      task_generator, my_tasks)
             optimizer.zero_grad()
             loss, predictions = meta_learning.maml_meta_gradient(
                 forward, F.cross_entropy, params, support, query, cfg.inner_steps, cfg.inner_lr * cfg.n_way,

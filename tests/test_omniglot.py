@@ -172,6 +172,18 @@ def test_task_sampler_gives_disjoint_drawers_consistent_labels_and_rotated_class
     assert torch.equal(again[0][0], sx) and torch.equal(again[1][1], qy)
 
 
+def test_a_share_of_the_tasks_is_a_slice_of_the_whole_draw():
+    """What each of several processes builds (distributed.py) is its slice of the
+    meta-batch that one process would build, and the generator ends in the same state."""
+    sampler = omniglot_data.TaskSampler(marker_images(10), rotations=True, device="cpu")
+    whole_generator, part_generator = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    whole = sampler.sample(7, 5, 2, 1, whole_generator)
+    part = sampler.sample(7, 5, 2, 1, part_generator, slice(4, 7))
+    for whole_tensor, part_tensor in zip([*whole[0], *whole[1]], [*part[0], *part[1]]):
+        assert torch.equal(part_tensor, whole_tensor[4:7])
+    assert torch.equal(whole_generator.get_state(), part_generator.get_state())
+
+
 def test_splits_are_disjoint_and_have_the_documented_sizes():
     names = np.array([("images_background" if i < 964 else "images_evaluation", f"A{i // 40}", f"c{i}")
                       for i in range(1623)])
