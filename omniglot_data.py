@@ -105,6 +105,10 @@ def _archive_images(path, set_name):
         if match and match.group(1) == set_name:
             characters.setdefault((match.group(2), match.group(3)), []).append((int(match.group(5)), name))
     n_alphabets, n_characters = EXPECTED_LAYOUT[set_name]
+    top_folders = sorted({name.split("/")[0] for name in names if "/" in name})
+    if not characters and top_folders and set_name not in top_folders:
+        raise DataError(f"{path} holds {top_folders[0]}/, not {set_name}/: the full release archive "
+                        f"{set_name}.zip is needed (not a small subset such as {set_name}_small1.zip)")
     found_alphabets = len({alphabet for alphabet, _ in characters})
     if (found_alphabets, len(characters)) != (n_alphabets, n_characters):
         raise DataError(f"{path} does not have the Omniglot layout: expected {n_alphabets} alphabets and "
@@ -120,6 +124,15 @@ def _preprocess(png_bytes):
     return 255 - np.asarray(image, dtype=np.uint8)  # strokes (black in the PNG) become 255
 
 
+def _read_image(archive, path, member):
+    """One preprocessed image; a damaged member (bad CRC, unsupported compression,
+    encryption, not a PNG) is a DataError naming the archive and the member."""
+    try:
+        return _preprocess(archive.read(member))
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError) as error:
+        raise DataError(f"{path}: cannot read {member} ({str(error).splitlines()[0]})") from None
+
+
 def _archive_stamp(path):
     stat = os.stat(path)
     return f"{os.path.basename(path)}:{stat.st_size}:{int(stat.st_mtime)}"
@@ -128,27 +141,30 @@ def _archive_stamp(path):
 def load_omniglot(data_dir):
     """All 1623 characters as uint8 images (characters, drawers, 28, 28), strokes
     = 255, and their names (set, alphabet, character) in sorted order."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"the data folder {data_dir} is a file")
     archives = {name: os.path.join(data_dir, name) for name in RELEASE_MD5}
     for name, path in archives.items():
         if not os.path.exists(path):
-            os.makedirs(data_dir, exist_ok=True)
+            try:
+                os.makedirs(data_dir, exist_ok=True)
+            except OSError as error:
+                raise DataError(f"cannot create the data folder {data_dir} ({error.strerror})") from None
             download(name, data_dir)
     source = ";".join(_archive_stamp(path) for path in archives.values())
     cache_path = os.path.join(data_dir, CACHE_NAME)
     cached = _read_cache(cache_path, source)
     if cached is not None:
         return cached
+    print(f"preprocessing the Omniglot images into {cache_path} (once; about 10-25 s)", file=sys.stderr)
     names, images = [], []
     for name, path in archives.items():
         set_name = name[:-len(".zip")]
         archive, characters = _archive_images(path, set_name)
         with archive:
             for alphabet, character in sorted(characters):
-                members = sorted(characters[(alphabet, character)])
-                try:
-                    images.append(np.stack([_preprocess(archive.read(member)) for _, member in members]))
-                except (zipfile.BadZipFile, OSError, ValueError) as error:
-                    raise DataError(f"{path}: cannot read images of {alphabet}/{character} ({error})") from None
+                images.append(np.stack([_read_image(archive, path, member)
+                                        for _, member in sorted(characters[(alphabet, character)])]))
                 names.append((set_name, alphabet, character))
     images, names = np.stack(images), np.array(names)
     temporary = cache_path + ".tmp.npz"

@@ -152,7 +152,7 @@ def main(argv=None):
     run_dir = cfg.out_dir or os.path.join(
         "results", "omniglot", f"{cfg.algorithm}-{cfg.split}-{cfg.n_way}w{cfg.k_shot}s-seed{cfg.seed}")
     checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
-    checkpoint = utils.open_run(run_dir, cfg.resume or cfg.eval_only, rank, world_size)
+    checkpoint = utils.open_run(run_dir, cfg.resume or cfg.eval_only, "omniglot", rank, world_size)
     if checkpoint:
         cfg = utils.resumed_config(checkpoint["config"], cfg, given)
     cfg.world_size = world_size
@@ -191,6 +191,8 @@ def main(argv=None):
         optimizer.load_state_dict(checkpoint["optimizer"])
         task_generator.set_state(checkpoint["task_generator"])
         start, train_seconds, best = checkpoint["iteration"], checkpoint["train_seconds"], checkpoint["best"]
+        if rank == 0:  # best.pt is written just after the checkpoint: a kill in between leaves it stale
+            utils.save_checkpoint(best, best_path)
 
     grouping = meta_learning.task_grouping(device, cfg.meta_batch_size, 2 * cfg.n_way * cfg.k_shot)
     if cfg.algorithm == "reptile":
@@ -215,9 +217,13 @@ def main(argv=None):
     my_tasks = distributed.share(cfg.meta_batch_size, rank, world_size)
     share_of_batch = (my_tasks.stop - my_tasks.start) / cfg.meta_batch_size
     window_loss, window_accuracy = [], []
-    progress = tqdm(range(start, 0 if cfg.eval_only else cfg.meta_iterations), initial=start,
+    budget_spent = 0 < 60 * cfg.train_minutes <= train_seconds
+    if budget_spent and rank == 0 and not cfg.eval_only:
+        print(f"--train-minutes {cfg.train_minutes}: the run's budget is spent; testing it again")
+    training = not (cfg.eval_only or budget_spent)
+    progress = tqdm(range(start, cfg.meta_iterations if training else start), initial=start,
                     total=cfg.meta_iterations, desc=f"{cfg.algorithm} {cfg.n_way}-way {cfg.k_shot}-shot",
-                    dynamic_ncols=True, disable=rank > 0)
+                    dynamic_ncols=True, disable=rank > 0 or not training)
     window_start = time.perf_counter()
     trained_iterations = start
     for iteration in progress:
@@ -272,7 +278,7 @@ def main(argv=None):
             trained_iterations = done
             if rank == 0:
                 utils.save_checkpoint(dict(
-                    config=vars(cfg), iteration=done, train_seconds=train_seconds, best=best,
+                    experiment="omniglot", config=vars(cfg), iteration=done, train_seconds=train_seconds, best=best,
                     params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
                     task_generator=task_generator.get_state()), checkpoint_path)
                 utils.save_checkpoint(best, best_path)  # a copy for users; the checkpoint holds it too

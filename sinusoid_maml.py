@@ -114,7 +114,7 @@ def main(argv=None):
     run_dir = cfg.out_dir or os.path.join(
         "results", "sinusoid", f"{cfg.algorithm}-k{cfg.k_shot}-seed{cfg.seed}")
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    checkpoint = utils.open_run(run_dir, cfg.resume, rank, world_size)
+    checkpoint = utils.open_run(run_dir, cfg.resume, "sinusoid", rank, world_size)
     if checkpoint:
         cfg = utils.resumed_config(checkpoint["config"], cfg, given)
     cfg.world_size = world_size
@@ -143,7 +143,7 @@ def main(argv=None):
 
     def save(iteration):
         utils.save_checkpoint(dict(
-            config=vars(cfg), iteration=iteration, train_seconds=train_seconds,
+            experiment="sinusoid", config=vars(cfg), iteration=iteration, train_seconds=train_seconds,
             meta_params=[p.detach() for p in meta_params],
             baseline_params=[p.detach() for p in baseline_params],
             meta_optimizer=meta_optimizer.state_dict(),

@@ -2,10 +2,13 @@
 atomic checkpoints, metrics CSV, confidence intervals and plots."""
 import argparse
 import csv
+import fcntl
 import json
 import math
 import os
+import pickle
 import sys
+import zipfile
 from types import SimpleNamespace
 
 import torch
@@ -19,10 +22,11 @@ RESUME_FREE_KEYS = {"out_dir", "device", "data_dir", "test_tasks"}
 INVOCATION_KEYS = {"resume", "eval_only"}
 
 
-def fail(message):
-    """Stop with a one-line error and exit code 2 (bad input, before any work)."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+def fail(message, code=2):
+    """Stop with a one-line error: exit code 2 for bad input (before any work),
+    1 for a failure mid-run (on a line of its own, after the progress bar)."""
+    print(("\n" if code == 1 else "") + f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -39,6 +43,13 @@ def _parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def parse_config(defaults, argv, description="", types=None):
     """Override the plain values of `defaults` with `--name value` arguments
     (underscores written as dashes). A flag's type is its default's type, or
@@ -52,35 +63,49 @@ def parse_config(defaults, argv, description="", types=None):
             parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, metavar="BOOL")
         else:
             value_type = type(default) if default is not None else types[key]
-            parser.add_argument(flag, type=value_type, metavar=value_type.__name__.upper())
+            parser.add_argument(flag, type=_finite_float if value_type is float else value_type,
+                                metavar=value_type.__name__.upper())
     given = vars(parser.parse_args(argv))
     return SimpleNamespace(**{**defaults, **given}), set(given)
 
 
+_held_locks = {}  # run folder: its open lock file; a run holds its folder until its process ends
+
+
 def prepare_run_dir(run_dir, resume):
-    """Create the run folder; refuse to overwrite a finished or started run
-    unless resuming, and refuse to resume a run that has no checkpoint."""
+    """Create the run folder and lock it for this process (the operating system
+    drops the lock when the process ends, however it ends); refuse a folder that
+    another run is using, a started run unless resuming, and a resume without a
+    checkpoint."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         fail(f"output folder {run_dir} is a file")
+    if os.path.realpath(run_dir) not in _held_locks:
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            lock = open(os.path.join(run_dir, ".lock"), "w")
+        except OSError as error:
+            fail(f"cannot write in the output folder {run_dir}: {error.strerror}")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fail(f"another run is using {run_dir} right now; wait for it or choose another --out-dir")
+        _held_locks[os.path.realpath(run_dir)] = lock
     checkpoint = os.path.join(run_dir, "checkpoint.pt")
     if resume and not os.path.exists(checkpoint):
         fail(f"no checkpoint at {checkpoint} to continue from")
     if not resume and os.path.exists(checkpoint):
         fail(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out-dir")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as error:
-        fail(f"cannot create output folder {run_dir}: {error.strerror}")
     return run_dir
 
 
-def open_run(run_dir, resuming, rank, world_size):
+def open_run(run_dir, resuming, experiment, rank, world_size):
     """Process 0 prepares the run folder (prepare_run_dir) and, when resuming,
-    loads the checkpoint; every process gets the checkpoint (None for a new run)."""
+    loads the checkpoint of the experiment; every process gets the checkpoint
+    (None for a new run)."""
     checkpoint = None
     if rank == 0:
         prepare_run_dir(run_dir, resuming)
-        checkpoint = load_checkpoint(os.path.join(run_dir, "checkpoint.pt")) if resuming else None
+        checkpoint = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"), experiment) if resuming else None
     return distributed.from_rank_zero(checkpoint, world_size)
 
 
@@ -110,13 +135,26 @@ def save_json(data, path):
 
 
 def save_checkpoint(state, path):
-    """Write then rename, so a kill mid-write never leaves a broken checkpoint."""
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    """Write then rename, so a kill mid-write never leaves a broken checkpoint;
+    a failed write (a full disk) stops the run in one line, the last checkpoint intact."""
+    try:
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else str(error).splitlines()[0]
+        fail(f"cannot write {path} ({reason}); the last checkpoint written is intact", code=1)
 
 
-def load_checkpoint(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load_checkpoint(path, experiment):
+    """A checkpoint written by the `experiment` script (its "experiment" entry)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        fail(f"{path} is damaged ({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+             f"resume from a copy or start a new run")
+    if not isinstance(checkpoint, dict) or checkpoint.get("experiment") != experiment:
+        fail(f"{path} belongs to another experiment, not {experiment}")
+    return checkpoint
 
 
 class MetricsLog:

@@ -19,6 +19,7 @@ import models
 import utils
 from test_meta_learning import PROBLEMS, relative_error
 from test_omniglot import real_data_dir  # noqa: F401 (a fixture)
+from conftest import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_SINE = ["--meta-iterations", "30", "--checkpoint-every", "10", "--log-every", "5", "--eval-tasks", "20",
@@ -46,7 +47,7 @@ def sine(out_dir, *args):
 
 
 def final_params(run_dir):
-    return utils.load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["meta_params"]
+    return load_file(os.path.join(run_dir, "checkpoint.pt"))["meta_params"]
 
 
 def assert_same_params(a, b, tolerance=1e-6):
@@ -178,7 +179,7 @@ def test_torchrun_omniglot_run_equals_one_process_and_stops_together(real_data_d
     assert one.returncode == 0, one.stderr[-2000:]
     two = torchrun(*args, "--out-dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-2000:]
-    checkpoints = [utils.load_checkpoint(str(tmp_path / n / "checkpoint.pt")) for n in ("one", "two")]
+    checkpoints = [load_file(str(tmp_path / n / "checkpoint.pt")) for n in ("one", "two")]
     assert_same_params(checkpoints[1]["params"], checkpoints[0]["params"], tolerance=1e-5)
     results = [json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two")]
     assert results[1]["world_size"] == 2 and results[1]["test"]["tasks"] == 7
@@ -234,7 +235,7 @@ def test_killed_torchrun_run_resumes_under_torchrun_and_with_another_world_size(
         run_dir = tmp_path / name
         start_and_kill_after_first_checkpoint(sine(run_dir, "--meta-iterations", "60", "--checkpoint-every", "10", *SLOW),
                                               run_dir, victim="all")
-        assert utils.load_checkpoint(str(run_dir / "checkpoint.pt"))["iteration"] < 60
+        assert load_file(str(run_dir / "checkpoint.pt"))["iteration"] < 60
         resume = ["sinusoid_maml.py", "--resume", "--out-dir", str(run_dir)]
         if resume_processes == 2:
             resumed = torchrun(*resume)
@@ -253,7 +254,7 @@ def test_a_killed_worker_stops_the_whole_run_without_hanging(tmp_path):
         sine(run_dir, "--meta-iterations", "100000", "--checkpoint-every", "5"), run_dir, victim="worker")
     assert code != 0
     assert time.perf_counter() - start < 120
-    assert utils.load_checkpoint(str(run_dir / "checkpoint.pt"))["iteration"] >= 5  # kept for --resume
+    assert load_file(str(run_dir / "checkpoint.pt"))["iteration"] >= 5  # kept for --resume
 
 
 @pytest.mark.parametrize("args, message", [

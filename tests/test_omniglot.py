@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 import omniglot_data
 import omniglot_maml
 import utils
+from conftest import load_file
 
 SHARED_OMNIGLOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "..", "shared", "omniglot")
@@ -313,8 +314,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(synthetic_dir, tmp_path
     resumed = omniglot_maml.main(["--resume", "--out-dir", str(tmp_path / "killed"), "--data-dir", str(synthetic_dir)])
 
     for name in ("checkpoint.pt", "best.pt"):
-        a = utils.load_checkpoint(str(tmp_path / "straight" / name))["params"]
-        b = utils.load_checkpoint(str(tmp_path / "killed" / name))["params"]
+        a = load_file(str(tmp_path / "straight" / name))["params"]
+        b = load_file(str(tmp_path / "killed" / name))["params"]
         assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert (tmp_path / "straight" / "metrics.csv").read_text() == (tmp_path / "killed" / "metrics.csv").read_text()
     assert resumed["test"]["accuracy"] == straight["test"]["accuracy"]

@@ -8,6 +8,7 @@ import torch
 
 import sinusoid_maml
 import utils
+from conftest import load_file
 
 QUICK = ["--eval-tasks", "50", "--eval-k-shots", "5,10", "--log-every", "10"]
 
@@ -94,12 +95,12 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, 
     monkeypatch.setattr(sinusoid_maml, "sample_sinusoids", sample_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "killed", *args)
-    assert utils.load_checkpoint(str(tmp_path / "killed" / "checkpoint.pt"))["iteration"] == 40
+    assert load_file(str(tmp_path / "killed" / "checkpoint.pt"))["iteration"] == 40
     monkeypatch.setattr(sinusoid_maml, "sample_sinusoids", sample)
     resumed = run(tmp_path / "killed", "--resume")
 
-    straight_ckpt = utils.load_checkpoint(str(tmp_path / "straight" / "checkpoint.pt"))
-    resumed_ckpt = utils.load_checkpoint(str(tmp_path / "killed" / "checkpoint.pt"))
+    straight_ckpt = load_file(str(tmp_path / "straight" / "checkpoint.pt"))
+    resumed_ckpt = load_file(str(tmp_path / "killed" / "checkpoint.pt"))
     for key in ("meta_params", "baseline_params"):
         for a, b in zip(straight_ckpt[key], resumed_ckpt[key]):
             assert torch.equal(a, b)

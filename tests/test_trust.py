@@ -1,0 +1,208 @@
+"""Runs a user can trust (issue 9): reruns, locks, damaged files and places."""
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+import torch
+
+import omniglot_data
+import omniglot_maml
+import sinusoid_maml
+import utils
+from conftest import load_file
+from test_omniglot import QUICK, SMALL, write_archive
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SINE_QUICK = ["--meta-iterations", "10", "--checkpoint-every", "5", "--eval-tasks", "10", "--eval-k-shots", "5",
+              "--eval-steps", "2"]
+
+
+def one_line_exit(capsys, call, code=2):
+    with pytest.raises(SystemExit) as exit_info:
+        call()
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err
+    return errors[0]
+
+
+# ---- numbers -------------------------------------------------------------------
+@pytest.mark.parametrize("flag, value", [("--meta-lr", "nan"), ("--inner-lr", "inf"), ("--reptile-meta-step", "NaN")])
+def test_non_finite_numbers_are_refused(tmp_path, capsys, flag, value):
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main([flag, value, "--out-dir", str(tmp_path / "run")]))
+    assert f"expected a finite number, got '{value}'" in err
+
+
+def test_non_finite_train_minutes_is_refused(tmp_path, capsys):
+    err = one_line_exit(capsys, lambda: omniglot_maml.main(["--train-minutes", "nan", "--out-dir", str(tmp_path)]))
+    assert "--train-minutes" in err and "finite" in err
+
+
+# ---- checkpoints ---------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_damaged_checkpoint_is_one_line(tmp_path, capsys, damage):
+    sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)])
+    checkpoint = tmp_path / "checkpoint.pt"
+    content = checkpoint.read_bytes()
+    checkpoint.write_bytes({"truncated": content[:len(content) // 2], "empty": b"", "garbage": b"x" * 100}[damage])
+    capsys.readouterr()
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, "--resume", "--out-dir", str(tmp_path)]))
+    assert "checkpoint.pt is damaged" in err
+
+
+def test_checkpoint_of_another_experiment_is_one_line(tmp_path, capsys):
+    sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)])
+    capsys.readouterr()
+    err = one_line_exit(capsys, lambda: omniglot_maml.main(["--resume", "--out-dir", str(tmp_path)]))
+    assert "belongs to another experiment, not omniglot" in err
+
+
+def test_a_write_that_fails_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    save = torch.save
+    saves = {"n": 0}
+
+    def save_then_disk_full(obj, path, *a, **kw):
+        saves["n"] += 1
+        if saves["n"] > 1:
+            raise OSError(28, "No space left on device")
+        return save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save_then_disk_full)
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)]), code=1)
+    assert "No space left on device" in err and "checkpoint.pt" in err
+    assert load_file(tmp_path / "checkpoint.pt")["iteration"] == 5
+
+
+# ---- run folders ----------------------------------------------------------------
+def test_a_second_run_in_a_busy_folder_is_refused_and_a_killed_run_leaves_no_lock(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "sinusoid_maml.py", "--meta-iterations", "1000000",
+                              "--checkpoint-every", "5", "--out-dir", str(run_dir)],
+                             cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        for args in ([], ["--resume"]):
+            err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, *args, "--out-dir", str(run_dir)]))
+            assert "another run is using" in err
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The killed run's lock went with its process: the folder can be resumed.
+    checkpoint = load_file(run_dir / "checkpoint.pt")
+    checkpoint["config"].update(meta_iterations=checkpoint["iteration"] + 5, eval_tasks=10, eval_k_shots="5")
+    torch.save(checkpoint, run_dir / "checkpoint.pt")  # a short end, so that the test is quick
+    results = sinusoid_maml.main(["--resume", "--out-dir", str(run_dir)])
+    assert results["meta_iterations"] == checkpoint["iteration"] + 5
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    real_open = open
+
+    def read_only_open(path, mode="r", *a, **kw):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, mode, *a, **kw)
+
+    monkeypatch.setattr("builtins.open", read_only_open)
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path / "run")]))
+    assert f"cannot write in the output folder {tmp_path / 'run'}: Permission denied" in err
+
+
+# ---- Omniglot reruns -----------------------------------------------------------
+@pytest.fixture
+def synthetic(tmp_path, monkeypatch):
+    monkeypatch.setattr(omniglot_data, "EXPECTED_LAYOUT", {s: (a, a * c) for s, (a, c) in SMALL.items()})
+    monkeypatch.setattr(omniglot_data, "BACKGROUND_VALIDATION_ALPHABETS", 1)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for set_name, (alphabets, characters) in SMALL.items():
+        write_archive(data_dir / f"{set_name}.zip", set_name, alphabets, characters)
+    return data_dir
+
+
+def test_a_finished_budget_run_resumed_only_tests_again(synthetic, tmp_path, capsys):
+    args = [*QUICK, "--n-way", "2", "--data-dir", str(synthetic), "--out-dir", str(tmp_path / "run"),
+            "--meta-iterations", "1000", "--train-minutes", "0.0001"]
+    first = omniglot_maml.main(args)
+    for _ in range(2):
+        again = omniglot_maml.main([*args, "--resume"])
+        assert again["test"]["meta_iterations"] == first["test"]["meta_iterations"] == 1
+        assert again["test"]["accuracy"] == first["test"]["accuracy"]
+    assert "the run's budget is spent; testing it again" in capsys.readouterr().out
+
+
+def test_best_pt_is_rewritten_on_resume(synthetic, tmp_path):
+    args = [*QUICK, "--n-way", "2", "--data-dir", str(synthetic), "--out-dir", str(tmp_path / "run")]
+    omniglot_maml.main(args)
+    best = load_file(tmp_path / "run" / "best.pt")
+    torch.save(dict(best, iteration=-1), tmp_path / "run" / "best.pt")  # as if killed before best.pt was written
+    omniglot_maml.main([*args, "--resume"])
+    assert load_file(tmp_path / "run" / "best.pt")["iteration"] == best["iteration"]
+
+
+# ---- damaged data -----------------------------------------------------------------
+def _patch_central_directory(path, member, offset, value):
+    """Overwrite one byte of `member`'s central-directory record (8: flags, 10: compression method)."""
+    data = bytearray(path.read_bytes())
+    start = 0
+    while (start := data.find(b"PK\x01\x02", start + 1)) != -1:
+        name_length = int.from_bytes(data[start + 28:start + 30], "little")
+        if data[start + 46:start + 46 + name_length].decode() == member:
+            data[start + offset] = value
+            path.write_bytes(bytes(data))
+            return
+    raise AssertionError(f"{member} not found")
+
+
+def _damage(path, member, kind):
+    if kind == "crc":
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(member)
+        data = bytearray(path.read_bytes())
+        data_start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        data[data_start + info.compress_size // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif kind == "compression":
+        _patch_central_directory(path, member, 10, 97)  # a method number zipfile does not know
+    else:  # encrypted
+        _patch_central_directory(path, member, 8, 0x01)
+
+
+@pytest.mark.parametrize("kind", ["crc", "compression", "encrypted"])
+def test_damaged_archive_member_is_named_in_one_line(synthetic, tmp_path, capsys, kind):
+    member = "images_background/Alphabet_1/character02/0005_07.png"
+    _damage(synthetic / "images_background.zip", member, kind)
+    err = one_line_exit(capsys, lambda: omniglot_maml.main(
+        ["--data-dir", str(synthetic), "--out-dir", str(tmp_path / "run")]))
+    assert str(synthetic / "images_background.zip") in err and member in err
+
+
+def test_small_release_archive_says_the_full_one_is_needed(synthetic, tmp_path, capsys):
+    with zipfile.ZipFile(synthetic / "images_background.zip", "w") as archive:
+        archive.writestr("images_background_small1/Alphabet_0/character01/0001_01.png", b"")
+    err = one_line_exit(capsys, lambda: omniglot_maml.main(
+        ["--data-dir", str(synthetic), "--out-dir", str(tmp_path / "run")]))
+    assert "holds images_background_small1/, not images_background/" in err
+    assert "full release archive images_background.zip is needed" in err
+
+
+def test_data_folder_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    err = one_line_exit(capsys, lambda: omniglot_maml.main(["--data-dir", str(a_file), "--out-dir", str(tmp_path / "r")]))
+    assert f"the data folder {a_file} is a file" in err
+
+    def read_only(path, *a, **kw):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "makedirs", read_only)
+    with pytest.raises(omniglot_data.DataError, match="cannot create the data folder .*new .Read-only file system"):
+        omniglot_data.load_omniglot(str(tmp_path / "new"))
