@@ -170,7 +170,8 @@ def omniglot(device, repeats, configs):
 LAUNCHES = {
     "1 process, 1 thread": ([sys.executable], 1),
     "1 process, 2 threads": ([sys.executable], 2),
-    "2 processes (torchrun), 1 thread each": ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"], 1),
+    "2 processes (torchrun), 1 thread each":
+        ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"], 1),
 }
 # Meta-iterations timed per launch: about 20 s of training each on a 2-core CPU.
 PROCESS_ITERATIONS = {"5w1s": 60, "5w5s": 12, "20w1s": 10, "20w5s": 2}

@@ -12,7 +12,6 @@ are shared out the same way and gathered. Process 0 alone writes files.
 import contextlib
 import datetime
 import os
-import sys
 
 import torch
 import torch.distributed as dist
@@ -74,6 +73,15 @@ def sum_gradients(params, world_size):
         p.grad = total
 
 
+def largest(value, world_size, device):
+    """The largest of the processes' values of a number (the one value with 1 process)."""
+    if world_size == 1:
+        return value
+    tensor = torch.tensor(float(value), device=device)
+    _collective(dist.all_reduce, tensor, dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def gather_rows(rows, world_size):
     """Every process's rows (a tensor with a leading item dimension) joined in
     rank order: with take_share, the rows of all items in their order."""
@@ -103,13 +111,6 @@ def rank_zero_first(rank, world_size):
         _collective(dist.barrier)
 
 
-def run_main(main, argv):
-    """Run a script's main(argv); a failed process group ends in one line, exit 1."""
-    try:
-        main(argv)
-    except ProcessFailure as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def teardown():
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -156,7 +156,7 @@ def load_omniglot(data_dir):
     cached = _read_cache(cache_path, source)
     if cached is not None:
         return cached
-    print(f"preprocessing the Omniglot images into {cache_path} (once; about 10-25 s)", file=sys.stderr)
+    print(f"preprocessing the Omniglot images into {cache_path} (once; about 10-25 s)", flush=True)
     names, images = [], []
     for name, path in archives.items():
         set_name = name[:-len(".zip")]

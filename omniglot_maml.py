@@ -60,7 +60,8 @@ CONFIG = dict(
     data_dir="data/omniglot",
     device="auto",              # auto | cpu | cuda
     seed=0,
-    out_dir="",                 # default: results/omniglot/<algorithm>-<split>-<N>w<K>s-seed<seed>
+    out_dir="",                 # default: results/omniglot/<algorithm>-<split>-<N>w<K>s-seed<seed>[-<key>=<value>
+                                # for each other setting given on the command line]
     resume=False,
     eval_only=False,            # only test the run's best checkpoint
 )
@@ -149,13 +150,14 @@ def main(argv=None):
     rank, world_size, device = distributed.setup(utils.pick_device(cfg.device))  # 1 process unless torchrun
     utils.check_tasks_per_process(world_size, meta_batch_size=cfg.meta_batch_size,
                                   validation_tasks=cfg.validation_tasks, test_tasks=cfg.test_tasks)
-    run_dir = cfg.out_dir or os.path.join(
-        "results", "omniglot", f"{cfg.algorithm}-{cfg.split}-{cfg.n_way}w{cfg.k_shot}s-seed{cfg.seed}")
+    run_dir = cfg.out_dir or utils.default_run_dir(
+        "omniglot", f"{cfg.algorithm}-{cfg.split}-{cfg.n_way}w{cfg.k_shot}s-seed{cfg.seed}", cfg, given,
+        named_keys={"algorithm", "split", "n_way", "k_shot", "seed"})
     checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
     checkpoint = utils.open_run(run_dir, cfg.resume or cfg.eval_only, "omniglot", rank, world_size)
     if checkpoint:
-        cfg = utils.resumed_config(checkpoint["config"], cfg, given)
-    cfg.world_size = world_size
+        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG)
+    cfg.out_dir, cfg.world_size = run_dir, world_size
 
     # ---- data ---------------------------------------------------------------
     with distributed.rank_zero_first(rank, world_size):  # process 0 builds the cache
@@ -175,6 +177,7 @@ def main(argv=None):
                        f"{cfg.split} split's {part} set")
     if rank == 0:
         print(json.dumps(vars(cfg), indent=2))
+        print(f"run folder: {run_dir}")
         print(f"device {device}, {world_size} process(es); classes: "
               + ", ".join(f"{p} {s.n_classes}" for p, s in samplers.items()))
         utils.save_json(vars(cfg), os.path.join(run_dir, "config.json"))
@@ -216,7 +219,10 @@ def main(argv=None):
     # Every process draws the same meta-batches and builds only its share of the tasks.
     my_tasks = distributed.share(cfg.meta_batch_size, rank, world_size)
     share_of_batch = (my_tasks.stop - my_tasks.start) / cfg.meta_batch_size
-    window_loss, window_accuracy = [], []
+    # Metrics of the iterations since the last row (a checkpoint keeps them, so that
+    # a resumed run logs the rows of an uninterrupted one).
+    window_loss, window_accuracy = ([[t.to(device) for t in w] for w in checkpoint.get("window", ([], []))]
+                                    if checkpoint else ([], []))
     budget_spent = 0 < 60 * cfg.train_minutes <= train_seconds
     if budget_spent and rank == 0 and not cfg.eval_only:
         print(f"--train-minutes {cfg.train_minutes}: the run's budget is spent; testing it again")
@@ -226,7 +232,23 @@ def main(argv=None):
                     dynamic_ncols=True, disable=rank > 0 or not training)
     window_start = time.perf_counter()
     trained_iterations = start
+
+    def save_checkpoint(done):
+        utils.save_checkpoint(dict(
+            experiment="omniglot", config=vars(cfg), defaults=CONFIG, iteration=done, train_seconds=train_seconds,
+            best=best, params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
+            task_generator=task_generator.get_state(),
+            window=[[t.cpu() for t in window_loss], [t.cpu() for t in window_accuracy]]), checkpoint_path)
+
     for iteration in progress:
+        stop_code = distributed.largest(utils.stop_requested(), world_size, device)  # all stop together
+        if stop_code:
+            train_seconds += time.perf_counter() - window_start
+            if rank == 0:
+                save_checkpoint(iteration)
+                progress.close()
+                utils.stopped("omniglot_maml.py", argv, iteration, world_size, stop_code)
+            sys.exit(stop_code)
         if cfg.algorithm == "reptile":
             tasks, _ = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.reptile_train_shots, 0,
                                                 task_generator, my_tasks)
@@ -277,10 +299,7 @@ def main(argv=None):
             train_seconds += time.perf_counter() - window_start
             trained_iterations = done
             if rank == 0:
-                utils.save_checkpoint(dict(
-                    experiment="omniglot", config=vars(cfg), iteration=done, train_seconds=train_seconds, best=best,
-                    params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
-                    task_generator=task_generator.get_state()), checkpoint_path)
+                save_checkpoint(done)
                 utils.save_checkpoint(best, best_path)  # a copy for users; the checkpoint holds it too
                 progress.set_postfix(val_acc=f"{row['validation_accuracy']:.3f}", best=f"{best['accuracy']:.3f}")
             window_start = time.perf_counter()
@@ -345,4 +364,4 @@ def plot_test_accuracy(test, title, path):
 
 
 if __name__ == "__main__":
-    distributed.run_main(main, sys.argv[1:])
+    utils.run_main(main, sys.argv[1:])

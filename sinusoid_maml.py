@@ -54,7 +54,8 @@ CONFIG = dict(
     seed=0,
     log_every=100,              # iterations per metrics.csv row
     checkpoint_every=1000,
-    out_dir="",                 # default: results/sinusoid/<algorithm>-k<k_shot>-seed<seed>
+    out_dir="",                 # default: results/sinusoid/<algorithm>-k<k_shot>-seed<seed>[-<key>=<value>
+                                # for each other setting given on the command line]
     resume=False,
 )
 ALGORITHMS = ("maml", "fomaml", "reptile")
@@ -111,15 +112,16 @@ def main(argv=None):
     validate(cfg)
     rank, world_size, _ = distributed.setup(torch.device("cpu"))  # 1 process unless torchrun
     utils.check_tasks_per_process(world_size, meta_batch_size=cfg.meta_batch_size, eval_tasks=cfg.eval_tasks)
-    run_dir = cfg.out_dir or os.path.join(
-        "results", "sinusoid", f"{cfg.algorithm}-k{cfg.k_shot}-seed{cfg.seed}")
+    run_dir = cfg.out_dir or utils.default_run_dir("sinusoid", f"{cfg.algorithm}-k{cfg.k_shot}-seed{cfg.seed}", cfg,
+                                                   given, named_keys={"algorithm", "k_shot", "seed"})
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     checkpoint = utils.open_run(run_dir, cfg.resume, "sinusoid", rank, world_size)
     if checkpoint:
-        cfg = utils.resumed_config(checkpoint["config"], cfg, given)
-    cfg.world_size = world_size
+        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG)
+    cfg.out_dir, cfg.world_size = run_dir, world_size
     if rank == 0:
         print(json.dumps(vars(cfg), indent=2))
+        print(f"run folder: {run_dir}")
         utils.save_json(vars(cfg), os.path.join(run_dir, "config.json"))
 
     # ---- model: meta-learned network and pretrained baseline, same init ------
@@ -143,12 +145,13 @@ def main(argv=None):
 
     def save(iteration):
         utils.save_checkpoint(dict(
-            experiment="sinusoid", config=vars(cfg), iteration=iteration, train_seconds=train_seconds,
+            experiment="sinusoid", config=vars(cfg), defaults=CONFIG, iteration=iteration,
+            train_seconds=train_seconds,
             meta_params=[p.detach() for p in meta_params],
             baseline_params=[p.detach() for p in baseline_params],
             meta_optimizer=meta_optimizer.state_dict(),
             baseline_optimizer=baseline_optimizer.state_dict(),
-            task_generator=task_generator.get_state()), checkpoint_path)
+            task_generator=task_generator.get_state(), window=[window_meta, window_baseline]), checkpoint_path)
 
     # ---- meta-training ------------------------------------------------------
     if rank == 0:
@@ -156,11 +159,20 @@ def main(argv=None):
                                    ["iteration", "meta_loss", "baseline_loss"],
                                    resume_iteration=start if checkpoint else None)
     k = cfg.k_shot
-    window_meta, window_baseline = [], []
+    # Losses since the last row (a checkpoint keeps them: a resumed run logs the rows of an uninterrupted one).
+    window_meta, window_baseline = checkpoint.get("window", ([], [])) if checkpoint else ([], [])
     progress = tqdm(range(start, cfg.meta_iterations), initial=start, total=cfg.meta_iterations,
                     desc=f"{cfg.algorithm} meta-training", dynamic_ncols=True, disable=rank > 0)
     window_start = time.perf_counter()
     for iteration in progress:
+        stop_code = distributed.largest(utils.stop_requested(), world_size, torch.device("cpu"))  # all stop together
+        if stop_code:
+            train_seconds += time.perf_counter() - window_start
+            if rank == 0:
+                save(iteration)
+                progress.close()
+                utils.stopped("sinusoid_maml.py", argv, iteration, world_size, stop_code)
+            sys.exit(stop_code)
         x, y, _, _ = sample_sinusoids(task_generator, cfg.meta_batch_size, 2 * k)
         # Every process draws the whole meta-batch and meta-learns on its share of the tasks;
         # the pretrained baseline, which is cheap, trains on all of them in every process.
@@ -311,4 +323,4 @@ def plot_fits(adaptation, tasks, k, steps, path):
 
 
 if __name__ == "__main__":
-    distributed.run_main(main, sys.argv[1:])
+    utils.run_main(main, sys.argv[1:])

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import pickle
+import shlex
+import signal
 import sys
 import zipfile
 from types import SimpleNamespace
@@ -41,6 +43,35 @@ def _parse_bool(text):
     if value in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+_stop_signal = []  # the signal that asked the run to stop, once one has
+
+
+def stop_on_signals():
+    """From now on SIGINT (Ctrl-C) and SIGTERM ask the training loop to stop after
+    its current iteration (stop_requested); a second one stops at once."""
+    def request_stop(signum, frame):
+        if _stop_signal:
+            sys.exit(128 + signum)
+        _stop_signal.append(signum)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
+
+
+def stop_requested():
+    """The exit code a stop asked for by a signal ends with (130 for SIGINT, 143
+    for SIGTERM), or 0 when no signal came."""
+    return 128 + _stop_signal[0] if _stop_signal else 0
+
+
+def stopped(script, argv, iteration, world_size, code):
+    """Say how to continue a run stopped by a signal, then exit with its code."""
+    launcher = "python" if world_size == 1 else f"torchrun --nproc-per-node {world_size}"
+    argv = sys.argv[1:] if argv is None else argv
+    command = " ".join([launcher, script, *map(shlex.quote, (a for a in argv if a != "--resume")), "--resume"])
+    print(f"\nstopped at iteration {iteration}, checkpoint saved; continue with: {command}", file=sys.stderr)
+    sys.exit(code)
 
 
 def _finite_float(text):
@@ -117,12 +148,28 @@ def check_tasks_per_process(world_size, **task_counts):
                  f"start at most {count} processes")
 
 
-def resumed_config(saved, cfg, given):
+def default_run_dir(experiment, name, cfg, given, named_keys):
+    """results/<experiment>/<name>, tagged with the settings given on the command
+    line that the name does not already say (key=value), so that runs with other
+    settings never land in the same folder."""
+    tags = [f"{key}={getattr(cfg, key)}" for key in sorted(given - named_keys - RESUME_FREE_KEYS - INVOCATION_KEYS)]
+    return os.path.join("results", experiment, "-".join([name, *tags]))
+
+
+def resumed_config(checkpoint, cfg, given, defaults):
     """The saved run's config, with the keys that may change on resume taken
-    from the command line; any other key given with a different value is an error."""
+    from the command line. Any other key given with a different value is an
+    error, and so is a value at the top of the script (defaults) that was
+    changed since the run started."""
+    saved = checkpoint["config"]
     for key in given - RESUME_FREE_KEYS - INVOCATION_KEYS:
         if getattr(cfg, key) != saved[key]:
             fail(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the resumed run's {saved[key]}")
+    started_with = checkpoint.get("defaults", defaults)
+    for key in sorted(defaults.keys() - given - RESUME_FREE_KEYS - INVOCATION_KEYS):
+        if key in started_with and defaults[key] != started_with[key]:
+            fail(f"{key} = {defaults[key]!r} at the top of the script differs from {started_with[key]!r}, "
+                 f"its value when the run started: put it back, or start a new run")
     free = {key: value for key, value in vars(cfg).items()
             if key in INVOCATION_KEYS or (key in RESUME_FREE_KEYS and key in given)}
     return SimpleNamespace(**{**saved, **free})
@@ -207,3 +254,15 @@ def plot_with_ci(ax, mean, ci, label, **style):
     mean, ci = torch.as_tensor(mean), torch.as_tensor(ci)
     line, = ax.plot(steps, mean, marker="o", markersize=3, label=label, **style)
     ax.fill_between(steps, mean - ci, mean + ci, alpha=0.2, color=line.get_color())
+
+
+def run_main(main, argv):
+    """Run a script's main(argv) as a command: signals stop it cleanly
+    (stop_on_signals), and a failed process group ends in one line, exit 1."""
+    stop_on_signals()
+    try:
+        main(argv)
+    except distributed.ProcessFailure as error:
+        fail(str(error), code=1)
+    finally:
+        distributed.teardown()

@@ -16,8 +16,10 @@ import omniglot_maml
 import utils
 from conftest import load_file
 
-SHARED_OMNIGLOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "..", "shared", "omniglot")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where the real archives may be: where the README tells users to put them, and
+# the shared copy beside the checkout (CI's).
+REAL_DATA_DIRS = [os.path.join(ROOT, "data", "omniglot"), os.path.join(ROOT, "..", "shared", "omniglot")]
 # A small layout for synthetic archives: (alphabets, characters per alphabet) per set.
 SMALL = {"images_background": (4, 3), "images_evaluation": (2, 3)}
 
@@ -366,11 +368,12 @@ def test_bad_data_folder_stops_the_script_with_one_line(tmp_path, small_layout, 
 # ---- the real data, when this checkout sits beside shared/omniglot -----------
 @pytest.fixture(scope="module")
 def real_data_dir(tmp_path_factory):
-    if not os.path.exists(os.path.join(SHARED_OMNIGLOT, "images_background.zip")):
-        pytest.skip("no ../shared/omniglot here")
-    data_dir = tmp_path_factory.mktemp("omniglot")  # the cache goes here, never beside the shared files
+    found = [d for d in REAL_DATA_DIRS if all(os.path.exists(os.path.join(d, n)) for n in omniglot_data.RELEASE_MD5)]
+    if not found:
+        pytest.skip("no Omniglot archives in data/omniglot or ../shared/omniglot")
+    data_dir = tmp_path_factory.mktemp("omniglot")  # the cache goes here, never beside the archives
     for name in omniglot_data.RELEASE_MD5:
-        os.symlink(os.path.abspath(os.path.join(SHARED_OMNIGLOT, name)), data_dir / name)
+        os.symlink(os.path.realpath(os.path.join(found[0], name)), data_dir / name)
     return data_dir
 
 

@@ -206,3 +206,65 @@ def test_data_folder_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path, caps
     monkeypatch.setattr(os, "makedirs", read_only)
     with pytest.raises(omniglot_data.DataError, match="cannot create the data folder .*new .Read-only file system"):
         omniglot_data.load_omniglot(str(tmp_path / "new"))
+
+
+# ---- interruptions ------------------------------------------------------------------
+SINE_LONG = ["--meta-iterations", "1500", "--checkpoint-every", "250", "--log-every", "100", "--eval-tasks", "10",
+             "--eval-k-shots", "5", "--eval-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def straight_sine(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    sinusoid_maml.main([*SINE_LONG, "--out-dir", str(run_dir)])
+    return run_dir
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_after_the_iteration_with_a_checkpoint_and_resumes_to_the_same_run(
+        tmp_path, straight_sine, signum, code):
+    run_dir = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "sinusoid_maml.py", *SINE_LONG, "--out-dir", str(run_dir)], cwd=ROOT,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    run.send_signal(signum)
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == code and "Traceback" not in err
+    stopped_at = load_file(run_dir / "checkpoint.pt")["iteration"]
+    assert 250 < stopped_at < 1500  # not the regular checkpoint: one written on the signal
+    command = f"python sinusoid_maml.py {' '.join(SINE_LONG)} --out-dir {run_dir} --resume"
+    assert f"stopped at iteration {stopped_at}, checkpoint saved; continue with: {command}" in err
+    sinusoid_maml.main(command.split()[2:])
+    for key in ("meta_params", "baseline_params"):
+        for a, b in zip(load_file(run_dir / "checkpoint.pt")[key], load_file(straight_sine / "checkpoint.pt")[key]):
+            assert torch.equal(a, b)
+    # Metrics rows too, though rows (every 100) and checkpoints (every 250) do not line up.
+    assert (run_dir / "metrics.csv").read_text() == (straight_sine / "metrics.csv").read_text()
+
+
+def test_omniglot_stop_request_writes_every_file_of_the_uninterrupted_run(synthetic, tmp_path, monkeypatch, capsys):
+    args = [*QUICK, "--meta-iterations", "7", "--validate-every", "4", "--log-every", "3", "--n-way", "2",
+            "--data-dir", str(synthetic)]
+    straight = omniglot_maml.main([*args, "--out-dir", str(tmp_path / "straight")])
+    requests = {"n": 0}
+
+    def stop_at_iteration_5():
+        requests["n"] += 1
+        return 143 if requests["n"] == 6 else 0  # asked at the top of the 6th iteration: 5 are done
+
+    stop_requested = utils.stop_requested
+    monkeypatch.setattr(utils, "stop_requested", stop_at_iteration_5)
+    with pytest.raises(SystemExit) as exit_info:
+        omniglot_maml.main([*args, "--out-dir", str(tmp_path / "stopped")])
+    assert exit_info.value.code == 143
+    assert "stopped at iteration 5, checkpoint saved; continue with: python omniglot_maml.py" in capsys.readouterr().err
+    monkeypatch.setattr(utils, "stop_requested", stop_requested)
+    resumed = omniglot_maml.main(["--resume", "--out-dir", str(tmp_path / "stopped"), "--data-dir", str(synthetic)])
+    assert {**resumed["test"], "train_seconds": 0} == {**straight["test"], "train_seconds": 0}
+    for name in ("checkpoint.pt", "best.pt"):
+        for a, b in zip(load_file(tmp_path / "stopped" / name)["params"], load_file(tmp_path / "straight" / name)["params"]):
+            assert torch.equal(a, b)
+    assert (tmp_path / "stopped" / "metrics.csv").read_text() == (tmp_path / "straight" / "metrics.csv").read_text()
