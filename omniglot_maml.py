@@ -16,6 +16,7 @@ the paper and its code).
 """
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -126,7 +127,9 @@ def validate(cfg):
 
 
 def accuracy(logits, labels):
-    return (logits.argmax(dim=-1) == labels).float().mean()
+    """Fraction classified right; NaN where the logits are not finite (a diverged adaptation)."""
+    correct = (logits.argmax(dim=-1) == labels).float().mean()
+    return torch.where(torch.isfinite(logits).all(), correct, math.nan)
 
 
 def build_network(model, n_way, generator, device):
@@ -280,8 +283,14 @@ def main(argv=None):
         validating = done % cfg.validate_every == 0 or done == cfg.meta_iterations or out_of_time
         if not (validating or done % cfg.log_every == 0):
             continue
+        losses = torch.stack(window_loss)
+        if not torch.isfinite(losses).all():  # the same iteration in every process: they share parameters
+            first = done - len(losses) + 1 + int((~torch.isfinite(losses)).nonzero()[0])
+            utils.fail(f"training diverged: the meta-training loss is not finite at iteration {first}; stopped, "
+                       f"its last checkpoint (iteration {trained_iterations}) is kept; a smaller --meta-lr or "
+                       f"--inner-lr may help", code=1)
         mean_loss, mean_accuracy, stop = distributed.sum_across(
-            [torch.stack(window_loss).mean(), torch.stack(window_accuracy).mean(),
+            [losses.mean(), torch.stack(window_accuracy).mean(),
              torch.tensor(float(over_budget), device=loss.device)], world_size)
         out_of_time, validating = stop.item() > 0, validating or stop.item() > 0
         row = dict(iteration=done, train_loss=mean_loss.item(), train_accuracy=mean_accuracy.item(),
@@ -289,7 +298,7 @@ def main(argv=None):
         window_loss, window_accuracy = [], []
         if validating:
             row["validation_accuracy"] = evaluate(samplers["validation"], cfg.validation_tasks, VALIDATION_SEED,
-                                                  cfg.test_steps, params)[:, -1].mean().item()
+                                                  cfg.test_steps, params)[:, -1].nanmean().item()
             if row["validation_accuracy"] > best["accuracy"]:
                 best = dict(accuracy=row["validation_accuracy"], iteration=done,
                             params=[p.detach().cpu().clone() for p in params])
@@ -312,9 +321,9 @@ def main(argv=None):
     # ---- meta-test: the best parameters on 600 fixed test tasks -------------
     best_params = [p.to(device) for p in best["params"]]
     reported_steps = max(REPORTED_STEPS, cfg.test_steps)
-    mean, ci = utils.mean_ci95(evaluate(samplers["test"], cfg.test_tasks, TEST_SEED, reported_steps, best_params))
+    test_accuracy = utils.summarize(evaluate(samplers["test"], cfg.test_tasks, TEST_SEED, reported_steps, best_params))
     results = {"test": {
-        "accuracy": {"mean": mean.tolist(), "ci95": ci.tolist()},
+        "accuracy": test_accuracy,
         "headline_step": cfg.test_steps, "tasks": cfg.test_tasks, "split": cfg.split,
         "best_iteration": best["iteration"], "best_validation_accuracy": best["accuracy"],
         "meta_iterations": trained_iterations, "train_seconds": round(train_seconds, 1)},
@@ -322,29 +331,34 @@ def main(argv=None):
     if rank > 0:
         return results
     utils.save_json(results, os.path.join(run_dir, "results.json"))
-    s = cfg.test_steps
+    s, diverged = cfg.test_steps, test_accuracy["diverged"][cfg.test_steps]
     print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot, best iteration {best['iteration']}: "
-          f"test accuracy after {s} steps {100 * mean[s]:.2f} ± {100 * ci[s]:.2f}% ({cfg.test_tasks} tasks); "
+          f"test accuracy after {s} steps {100 * test_accuracy['mean'][s]:.2f} "
+          f"± {100 * test_accuracy['ci95'][s]:.2f}% "
+          f"({cfg.test_tasks} tasks{f'; diverged on {diverged} of them' if diverged else ''}); "
           f"trained {train_seconds:.0f} s")
 
     # ---- plots --------------------------------------------------------------
-    plot_training(metrics.read(), os.path.join(run_dir, "training_curves.png"))
+    plot_training(metrics.read(), cfg.inner_steps, cfg.test_steps, os.path.join(run_dir, "training_curves.png"))
     plot_test_accuracy(results["test"], f"{cfg.algorithm}, {cfg.n_way}-way {cfg.k_shot}-shot, {cfg.split}",
                        os.path.join(run_dir, "test_accuracy.png"))
     print(f"results in {run_dir}")
     return results
 
 
-def plot_training(rows, path):
+def plot_training(rows, train_steps, test_steps, path):
     fig, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
     iterations = [r["iteration"] for r in rows]
     loss_ax.plot(iterations, [r["train_loss"] for r in rows])
-    loss_ax.set(xlabel="meta-iteration", ylabel="meta-train loss after adaptation", yscale="log")
-    accuracy_ax.plot(iterations, [r["train_accuracy"] for r in rows], label="meta-train tasks")
+    loss_ax.set(xlabel="meta-iteration", ylabel=f"query loss after {train_steps} step(s)",
+                title="meta-training tasks (mean per metrics row)")
+    utils.log_scale_if_possible(loss_ax)
+    accuracy_ax.plot(iterations, [100 * r["train_accuracy"] for r in rows],
+                     label=f"meta-training tasks, after {train_steps} step(s)")
     validated = [r for r in rows if r["validation_accuracy"] == r["validation_accuracy"]]  # not NaN
-    accuracy_ax.plot([r["iteration"] for r in validated], [r["validation_accuracy"] for r in validated],
-                     marker="o", label="validation tasks")
-    accuracy_ax.set(xlabel="meta-iteration", ylabel="accuracy after adaptation")
+    accuracy_ax.plot([r["iteration"] for r in validated], [100 * r["validation_accuracy"] for r in validated],
+                     marker="o", label=f"validation tasks, after {test_steps} steps")
+    accuracy_ax.set(xlabel="meta-iteration", ylabel="query accuracy (%)")
     accuracy_ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -353,10 +367,11 @@ def plot_training(rows, path):
 
 def plot_test_accuracy(test, title, path):
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    utils.plot_with_ci(ax, test["accuracy"]["mean"], test["accuracy"]["ci95"], "test accuracy")
+    utils.plot_with_ci(ax, *utils.percent(test["accuracy"]),
+                       f"mean, 95% CI over {test['tasks']} test tasks (band)")
     s = test["headline_step"]
     ax.axvline(s, color="grey", linestyle=":", label=f"headline: {s} steps")
-    ax.set(xlabel="adaptation steps", ylabel="query accuracy", title=title)
+    ax.set(xlabel="adaptation steps", ylabel="query accuracy (%)", title=title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

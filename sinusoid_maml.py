@@ -143,7 +143,10 @@ def main(argv=None):
         task_generator.set_state(checkpoint["task_generator"])
         start, train_seconds = checkpoint["iteration"], checkpoint["train_seconds"]
 
+    saved = [start]  # the iteration of the last checkpoint
+
     def save(iteration):
+        saved[0] = iteration
         utils.save_checkpoint(dict(
             experiment="sinusoid", config=vars(cfg), defaults=CONFIG, iteration=iteration,
             train_seconds=train_seconds,
@@ -198,6 +201,10 @@ def main(argv=None):
         baseline_optimizer.step()
         window_meta.append(meta_loss.item())  # this process's share of the mean
         window_baseline.append(baseline_loss.item())
+        if not (math.isfinite(window_meta[-1]) and math.isfinite(window_baseline[-1])):
+            utils.fail(f"training diverged at iteration {iteration + 1} (meta-loss {window_meta[-1]}, pretrained "
+                       f"baseline {window_baseline[-1]}): stopped, its last checkpoint (iteration {saved[0]}) is "
+                       f"kept; a smaller --meta-lr or --inner-lr may help", code=1)
 
         done = iteration + 1
         if done % cfg.log_every == 0 or done == cfg.meta_iterations:
@@ -232,7 +239,7 @@ def main(argv=None):
                         if cfg.algorithm == "reptile" else sgd),
         "pretrained": (baseline_params, sgd),
     }
-    results = {"mse": {}, "train_seconds": round(train_seconds, 1),
+    results = {"mse": {}, "tasks": cfg.eval_tasks, "train_seconds": round(train_seconds, 1),
                "meta_iterations": cfg.meta_iterations, "world_size": world_size}
     for method, (params, inner) in adaptation.items():
         results["mse"][method] = {}
@@ -240,8 +247,7 @@ def main(argv=None):
             per_task = meta_learning.evaluate_adaptation(
                 models.mlp, mse, mse, params, distributed.take_share(support[k_eval], rank, world_size),
                 distributed.take_share((query_x, query_y), rank, world_size), cfg.eval_steps, **inner)
-            mean, ci = utils.mean_ci95(distributed.gather_rows(per_task, world_size))
-            results["mse"][method][str(k_eval)] = dict(mean=mean.tolist(), ci95=ci.tolist())
+            results["mse"][method][str(k_eval)] = utils.summarize(distributed.gather_rows(per_task, world_size))
     if rank > 0:
         return results
     utils.save_json(results, os.path.join(run_dir, "results.json"))
@@ -257,12 +263,16 @@ def main(argv=None):
 
 
 def print_table(results, steps):
-    print(f"query MSE after adaptation, mean ± 95% CI over tasks")
-    print(f"{'method':<11}{'K':>3}" + "".join(f"{f'step {s}':>17}" for s in steps))
+    print("query MSE after adaptation, mean ± 95% CI over the tasks that did not diverge")
+    print(f"{'method':<11}{'K':>3}" + "".join(f"{f'step {s}':>22}" for s in steps))
     for method, by_k in results["mse"].items():
         for k, stats in by_k.items():
             print(f"{method:<11}{k:>3}" + "".join(
-                f"{stats['mean'][s]:>10.3f} ±{stats['ci95'][s]:.3f}" for s in steps))
+                f"{utils.number(stats['mean'][s]):>11} ± {utils.number(stats['ci95'][s]):<8}" for s in steps))
+            if any(stats["diverged"]):
+                worst = max(range(len(stats["diverged"])), key=stats["diverged"].__getitem__)
+                print(f"  {method}, K = {k}: diverged on {stats['diverged'][worst]} of {results['tasks']} tasks "
+                      f"after {worst} steps (median MSE there {utils.number(stats['median'][worst])})")
 
 
 def plot_training(rows, algorithm, path):
@@ -270,7 +280,8 @@ def plot_training(rows, algorithm, path):
     iterations = [r["iteration"] for r in rows]
     ax.plot(iterations, [r["meta_loss"] for r in rows], label=f"{algorithm}: query MSE after adaptation")
     ax.plot(iterations, [r["baseline_loss"] for r in rows], label="pretrained: MSE on pooled tasks")
-    ax.set(xlabel="meta-iteration", ylabel="training MSE", yscale="log", title="Sinusoid meta-training")
+    ax.set(xlabel="meta-iteration", ylabel="training MSE (mean per metrics row)", title="Sinusoid meta-training")
+    utils.log_scale_if_possible(ax)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -286,7 +297,9 @@ def plot_mse_vs_steps(results, path):
         for method in methods:
             stats = results["mse"][method][k]
             utils.plot_with_ci(ax, stats["mean"], stats["ci95"], method)
-        ax.set(title=f"K = {k}", xlabel="gradient steps", ylabel="query MSE", yscale="log")
+        ax.set(title=f"K = {k}: mean, 95% CI over {results['tasks']} tasks", xlabel="gradient steps",
+               ylabel="query MSE")
+        utils.log_scale_if_possible(ax)
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -315,7 +328,7 @@ def plot_fits(adaptation, tasks, k, steps, path):
                         alpha=0.4 + 0.6 * step / steps, label=label)
             ax.scatter(x_support[task], y_support[task], color="purple", marker="^",
                        zorder=3, label=f"{k} points used")
-            ax.set(title=f"{method}, K = {k}", ylim=(-6, 6))
+            ax.set(title=f"{method}, K = {k}", xlabel="x", ylabel="y", ylim=(-6, 6))
     axes[0, 0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

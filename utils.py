@@ -175,9 +175,21 @@ def resumed_config(checkpoint, cfg, given, defaults):
     return SimpleNamespace(**{**saved, **free})
 
 
+def _strict(data):
+    """data with every NaN or infinity replaced by None (null), as strict JSON wants."""
+    if isinstance(data, dict):
+        return {key: _strict(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_strict(value) for value in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
 def save_json(data, path):
+    """Strict JSON (NaN and infinity written as null), written then renamed."""
     with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=2)
+        json.dump(_strict(data), f, indent=2, allow_nan=False)
     os.replace(path + ".tmp", path)
 
 
@@ -230,12 +242,37 @@ class MetricsLog:
                     for r in csv.DictReader(f)]
 
 
-def mean_ci95(values):
-    """Mean over the first dimension and the half-width of its 95% normal
-    confidence interval (1.96 standard errors)."""
-    values = torch.as_tensor(values, dtype=torch.float64)
-    n = values.shape[0]
-    return values.mean(0), 1.96 * values.std(0, unbiased=True) / math.sqrt(n)
+def summarize(per_task):
+    """Per column of a (tasks, steps) tensor: the mean over the tasks whose value
+    is finite and the half-width of its 95% normal confidence interval (1.96
+    standard errors), the median over all tasks, and how many tasks diverged
+    (NaN or infinite). Lists, one entry per column."""
+    values = torch.as_tensor(per_task, dtype=torch.float64)
+    finite = torch.isfinite(values)
+    n = finite.sum(0)
+    mean = torch.where(finite, values, 0).sum(0) / n
+    variance = torch.where(finite, values - mean, 0).pow(2).sum(0) / (n - 1)
+    median = torch.where(torch.isnan(values), math.inf, values).median(0).values  # NaN counts as diverged high
+    return dict(mean=mean.tolist(), ci95=(1.96 * variance.sqrt() / n.sqrt()).tolist(), median=median.tolist(),
+                diverged=(values.shape[0] - n).tolist())
+
+
+def number(x):
+    """A number for a table: 3 decimals, or 3 significant digits with an exponent when large."""
+    return "n/a" if x is None else f"{x:.3f}" if abs(x) < 1e4 else f"{x:.2e}"
+
+
+def percent(stats):
+    """The mean and 95% CI of accuracies (fractions) as percentages, None kept."""
+    return [[None if v is None else 100 * v for v in stats[key]] for key in ("mean", "ci95")]
+
+
+def log_scale_if_possible(ax, axis="y"):
+    """A log scale on an axis that has positive finite data, else a linear one
+    (so that a diverged run still plots)."""
+    data = [line.get_ydata() if axis == "y" else line.get_xdata() for line in ax.get_lines()]
+    if any(((d > 0) & torch.isfinite(d)).any() for d in (torch.as_tensor(x, dtype=torch.float64) for x in data)):
+        ax.set(**{f"{axis}scale": "log"})
 
 
 def pick_device(name):
@@ -251,7 +288,8 @@ def pick_device(name):
 def plot_with_ci(ax, mean, ci, label, **style):
     """A line over steps 0..S with its 95% confidence band."""
     steps = range(len(mean))
-    mean, ci = torch.as_tensor(mean), torch.as_tensor(ci)
+    mean, ci = (torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
+                for values in (mean, ci))
     line, = ax.plot(steps, mean, marker="o", markersize=3, label=label, **style)
     ax.fill_between(steps, mean - ci, mean + ci, alpha=0.2, color=line.get_color())
 

@@ -33,3 +33,40 @@ def test_runs_of_one_algorithm_stay_apart_and_the_figure_is_written(tmp_path):
 def test_a_folder_without_results_is_refused_with_exit_code_2(tmp_path):
     result = compare(tmp_path)
     assert result.returncode == 2 and "is not a finished run" in result.stderr
+
+
+def test_short_runs_every_baseline_differing_settings_and_a_parent_folder(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    fake_sinusoid_run(runs / "maml-a", "maml", 0.0)
+    fake_sinusoid_run(runs / "fomaml-b", "fomaml", 1.0)
+    for folder, steps, lr in ((runs / "maml-a", 3, 0.01), (runs / "fomaml-b", 11, 0.02)):
+        results = json.loads((folder / "results.json").read_text())
+        for curves in results["mse"].values():
+            curves["5"] = {key: values[:steps] for key, values in curves["5"].items()}
+        (folder / "results.json").write_text(json.dumps(results))
+        (folder / "config.json").write_text(json.dumps({"algorithm": folder.name.split("-")[0], "inner_lr": lr,
+                                                        "out_dir": str(folder)}))
+    result = compare(runs)  # the parent folder of both runs
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert "| fomaml | 5 | 4.000 ± 0.100 | 3.900 ± 0.100 | 3.500 ± 0.100 | 3.000 ± 0.100 | 2.0 min |" in rows
+    assert "| maml | 5 | 3.000 ± 0.100 | 2.900 ± 0.100 | - | - | 2.0 min |" in rows  # 3 steps: no step 5 or 10
+    assert sum(row.startswith("| pretrained (maml-a) |") or row.startswith("| pretrained (fomaml-b) |")
+               for row in rows) == 2
+    assert "settings that differ between the runs" in result.stdout
+    assert "| run | algorithm | inner_lr |" in rows and "| maml-a | maml | 0.01 |" in rows
+
+
+def test_omniglot_figure_in_percent_with_a_title(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    accuracy = {"mean": [0.2, 0.9, 0.95], "ci95": [0.01, 0.02, None], "median": [0.2, 1.0, 1.0],
+                "diverged": [0, 0, 1]}
+    (folder / "config.json").write_text(json.dumps({"algorithm": "maml", "n_way": 5, "k_shot": 1}))
+    (folder / "results.json").write_text(json.dumps({"test": {
+        "accuracy": accuracy, "headline_step": 1, "split": "paper", "meta_iterations": 10, "train_seconds": 60}}))
+    result = compare(folder, "--figure", tmp_path / "fig.png")
+    assert result.returncode == 0, result.stderr
+    assert "| run | maml | paper | 5-way 1-shot | 10 | 1.0 min | 90.00 ± 2.00% | 1 |" in result.stdout
+    assert (tmp_path / "fig.png").stat().st_size > 0

@@ -1,4 +1,6 @@
 """Runs a user can trust (issue 9): reruns, locks, damaged files and places."""
+import json
+import math
 import os
 import signal
 import subprocess
@@ -9,6 +11,7 @@ import zipfile
 import pytest
 import torch
 
+import meta_learning
 import omniglot_data
 import omniglot_maml
 import sinusoid_maml
@@ -268,3 +271,68 @@ def test_omniglot_stop_request_writes_every_file_of_the_uninterrupted_run(synthe
         for a, b in zip(load_file(tmp_path / "stopped" / name)["params"], load_file(tmp_path / "straight" / name)["params"]):
             assert torch.equal(a, b)
     assert (tmp_path / "stopped" / "metrics.csv").read_text() == (tmp_path / "straight" / "metrics.csv").read_text()
+
+
+# ---- divergence -------------------------------------------------------------------
+def test_summary_counts_diverged_tasks_and_averages_the_others():
+    per_task = torch.tensor([[1.0, 2.0], [3.0, float("inf")], [5.0, float("nan")], [7.0, 4.0]])
+    summary = utils.summarize(per_task)
+    assert summary["diverged"] == [0, 2]
+    assert summary["mean"] == pytest.approx([4.0, 3.0])
+    assert summary["ci95"][1] == pytest.approx(1.96 * 2 ** 0.5 / 2 ** 0.5)  # std of (2, 4) over sqrt(2)
+    assert summary["median"] == [3.0, 4.0]
+
+
+def strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not strict JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_diverged_test_tasks_are_counted_reported_and_plotted(tmp_path, monkeypatch, capsys):
+    evaluate = meta_learning.evaluate_adaptation
+
+    def diverging_on_some_tasks(*args, **kwargs):
+        per_task = evaluate(*args, **kwargs)
+        if per_task.shape == (10, 6):  # the test tasks (not the fits plot's predictions)
+            per_task[:3, 2:] = float("inf")
+            per_task[3, 1:] = float("nan")
+        return per_task
+
+    monkeypatch.setattr(meta_learning, "evaluate_adaptation", diverging_on_some_tasks)
+    sinusoid_maml.main([*SINE_QUICK, "--eval-steps", "5", "--out-dir", str(tmp_path)])
+    mse = strict_json(tmp_path / "results.json")["mse"]
+    assert mse["maml"]["5"]["diverged"] == [0, 1, 4, 4, 4, 4]
+    assert all(m is not None and math.isfinite(m) for m in mse["maml"]["5"]["mean"])
+    assert "maml, K = 5: diverged on 4 of 10 tasks after 2 steps" in capsys.readouterr().out
+    for plot in ("training_curve.png", "mse_vs_steps.png", "fits.png"):
+        assert (tmp_path / plot).stat().st_size > 0
+
+
+def test_all_tasks_diverged_still_gives_strict_json_and_plots(tmp_path, monkeypatch):
+    evaluate = meta_learning.evaluate_adaptation
+
+    def all_diverged(*args, **kwargs):
+        per_task = evaluate(*args, **kwargs)
+        return torch.full_like(per_task, float("nan")) if per_task.shape == (10, 3) else per_task
+
+    monkeypatch.setattr(meta_learning, "evaluate_adaptation", all_diverged)
+    sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)])
+    assert strict_json(tmp_path / "results.json")["mse"]["pretrained"]["5"]["mean"] == [None, None, None]
+    assert (tmp_path / "mse_vs_steps.png").stat().st_size > 0
+
+
+def test_diverging_training_stops_in_one_line_naming_the_iteration(tmp_path, capsys):
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main(
+        ["--meta-lr", "1e30", "--meta-iterations", "50", "--checkpoint-every", "1", "--out-dir", str(tmp_path)]),
+        code=1)
+    iteration = int(err.split("training diverged at iteration ")[1].split()[0])
+    assert load_file(tmp_path / "checkpoint.pt")["iteration"] == iteration - 1  # the last good one is kept
+    assert f"its last checkpoint (iteration {iteration - 1}) is kept" in err
+
+
+def test_diverging_omniglot_training_stops_in_one_line(synthetic, tmp_path, capsys):
+    err = one_line_exit(capsys, lambda: omniglot_maml.main(
+        [*QUICK, "--n-way", "2", "--inner-lr", "1e30", "--data-dir", str(synthetic), "--out-dir", str(tmp_path)]),
+        code=1)
+    assert "training diverged: the meta-training loss is not finite at iteration 1" in err
