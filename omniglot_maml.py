@@ -36,7 +36,7 @@ import utils  # noqa: E402
 
 CONFIG = dict(
     algorithm="maml",           # maml (second order) | fomaml (first order) | reptile
-    n_way=5,
+    n_way=5,                    # classes per task (N)
     k_shot=1,                   # support images per class; the query set has as many (official code)
     split="background",         # background: meta-train on images_background (minus 5 validation
                                 # alphabets), meta-test on images_evaluation; paper: 1100/100/423
@@ -46,7 +46,8 @@ CONFIG = dict(
     # None: the paper's value for this algorithm and N-way (PAPER_DEFAULTS below).
     meta_iterations=None,
     meta_batch_size=None,       # tasks per meta-update
-    inner_lr=None,              # maml/fomaml: SGD step on the official inner loss; reptile: Adam step
+    inner_lr=None,              # maml/fomaml: the paper's SGD step, taken as inner_lr x N on the mean
+                                # cross-entropy (the paper's code sums over the N classes); reptile: Adam step
     inner_steps=None,           # adaptation steps in meta-training
     test_steps=None,            # adaptation steps of the headline test accuracy
     reptile_train_shots=10,     # images per class of a Reptile meta-training task
@@ -56,14 +57,14 @@ CONFIG = dict(
     train_minutes=0.0,          # stop meta-training once this much time is spent (0: no limit)
     log_every=50,               # iterations per metrics.csv row
     validate_every=500,         # iterations between validations (and checkpoints)
-    validation_tasks=200,
-    test_tasks=600,
-    data_dir="data/omniglot",
+    validation_tasks=200,       # fixed validation tasks (the best parameters are kept)
+    test_tasks=600,             # fixed test tasks of the final test
+    data_dir="data/omniglot",   # where the two archives are (downloaded if missing) and the cache
     device="auto",              # auto | cpu | cuda
-    seed=0,
+    seed=0,                     # seed of the initial parameters and of the training tasks
     out_dir="",                 # default: results/omniglot/<algorithm>-<split>-<N>w<K>s-seed<seed>[-<key>=<value>
                                 # for each other setting given on the command line]
-    resume=False,
+    resume=False,               # continue the run in out_dir from its checkpoint
     eval_only=False,            # only test the run's best checkpoint
 )
 # Paper settings. MAML (Finn et al. App. A.1): its code's inner loss is the sum over
@@ -85,7 +86,7 @@ ALGORITHMS = ("maml", "fomaml", "reptile")
 MODELS = ("cnn", "maxpool", "mlp")
 REPORTED_STEPS = 10  # test accuracy is reported after 0..max(10, test_steps) steps
 VALIDATION_SEED, TEST_SEED = 1, 2  # the same validation and test tasks for every run
-CHUNK_TASKS = 50  # tasks adapted at once during validation and test
+CHUNK_TASKS = 50  # tasks adapted at once during validation and test (a step of their progress bar)
 
 
 def resolve_paper_defaults(cfg):
@@ -147,7 +148,7 @@ def build_network(model, n_way, generator, device):
 
 def main(argv=None):
     # ---- config -------------------------------------------------------------
-    cfg, given = utils.parse_config(CONFIG, argv, __doc__.split("\n\n")[0], types=AUTO_TYPES)
+    cfg, given = utils.parse_config(CONFIG, argv, __doc__, types=AUTO_TYPES, comments=utils.config_comments(__file__))
     resolve_paper_defaults(cfg)
     validate(cfg)
     rank, world_size, device = distributed.setup(utils.pick_device(cfg.device))  # 1 process unless torchrun
@@ -206,13 +207,17 @@ def main(argv=None):
     else:
         adaptation = dict(lr=cfg.inner_lr * cfg.n_way, optimizer="sgd", batch_size=None)
 
-    def evaluate(sampler, n_tasks, seed, steps, parameters):
+    def evaluate(sampler, n_tasks, seed, steps, parameters, name):
         """Query accuracy of n_tasks fixed tasks after 0..steps adaptation steps, (tasks, steps + 1)."""
         support, query = sampler.sample(n_tasks, cfg.n_way, cfg.k_shot, cfg.k_shot, torch.Generator().manual_seed(seed),
                                         distributed.share(n_tasks, rank, world_size))
-        per_task = meta_learning.evaluate_adaptation(forward, F.cross_entropy, accuracy, parameters, support, query,
-                                                     steps, chunk_size=CHUNK_TASKS, **adaptation)
-        return distributed.gather_rows(per_task.cpu(), world_size)
+        per_task = [meta_learning.evaluate_adaptation(forward, F.cross_entropy, accuracy, parameters,
+                                                      [t[chunk:chunk + CHUNK_TASKS] for t in support],
+                                                      [t[chunk:chunk + CHUNK_TASKS] for t in query], steps,
+                                                      **adaptation).cpu()
+                    for chunk in tqdm(range(0, len(support[0]), CHUNK_TASKS), desc=f"{name} on {n_tasks} tasks",
+                                      leave=False, dynamic_ncols=True, disable=rank > 0)]
+        return distributed.gather_rows(torch.cat(per_task), world_size)
 
     # ---- meta-training ------------------------------------------------------
     if rank == 0:
@@ -298,7 +303,7 @@ def main(argv=None):
         window_loss, window_accuracy = [], []
         if validating:
             row["validation_accuracy"] = evaluate(samplers["validation"], cfg.validation_tasks, VALIDATION_SEED,
-                                                  cfg.test_steps, params)[:, -1].nanmean().item()
+                                                  cfg.test_steps, params, "validation")[:, -1].nanmean().item()
             if row["validation_accuracy"] > best["accuracy"]:
                 best = dict(accuracy=row["validation_accuracy"], iteration=done,
                             params=[p.detach().cpu().clone() for p in params])
@@ -321,7 +326,8 @@ def main(argv=None):
     # ---- meta-test: the best parameters on 600 fixed test tasks -------------
     best_params = [p.to(device) for p in best["params"]]
     reported_steps = max(REPORTED_STEPS, cfg.test_steps)
-    test_accuracy = utils.summarize(evaluate(samplers["test"], cfg.test_tasks, TEST_SEED, reported_steps, best_params))
+    test_accuracy = utils.summarize(evaluate(samplers["test"], cfg.test_tasks, TEST_SEED, reported_steps, best_params,
+                                             "test"))
     results = {"test": {
         "accuracy": test_accuracy,
         "headline_step": cfg.test_steps, "tasks": cfg.test_tasks, "split": cfg.split,

@@ -33,7 +33,7 @@ import utils  # noqa: E402
 CONFIG = dict(
     algorithm="maml",           # maml (second order) | fomaml (first order) | reptile
     k_shot=10,                  # support points per meta-training task; as many query points
-    meta_iterations=70_000,
+    meta_iterations=70_000,     # meta-updates (and Adam steps of the pretrained baseline)
     meta_batch_size=25,         # tasks per meta-update
     meta_lr=1e-3,               # Adam, outer loop of maml/fomaml and the pretrained baseline
     inner_lr=0.01,              # SGD step of the inner loop (and of fine-tuning the baseline)
@@ -42,21 +42,21 @@ CONFIG = dict(
     # Reptile: inner steps on all 2K points of a task, then theta += eps * (phi - theta),
     # eps annealed linearly from reptile_meta_step to 0. Tested the same way it trains.
     reptile_inner_optimizer="adam",  # adam (beta1 = 0, as the Reptile paper) | sgd
-    reptile_inner_lr=0.01,
-    reptile_inner_steps=10,
-    reptile_meta_step=1.0,
+    reptile_inner_lr=0.01,      # step size of the Reptile inner optimizer
+    reptile_inner_steps=10,     # inner steps per task, in training and at test
+    reptile_meta_step=1.0,      # eps at the start, annealed linearly to 0
     # Evaluation: the same seeded test tasks for every run, so runs compare.
-    eval_tasks=600,
-    eval_k_shots="5,10,20",
+    eval_tasks=600,             # test tasks (sine waves)
+    eval_k_shots="5,10,20",     # support points per test task, comma-separated: one test per K
     eval_steps=10,              # report the query MSE after 0..eval_steps SGD steps
-    eval_query_points=100,
-    eval_seed=1234,
-    seed=0,
+    eval_query_points=100,      # query points per test task
+    eval_seed=1234,             # seed of the test tasks
+    seed=0,                     # seed of the initial parameters and of the training tasks
     log_every=100,              # iterations per metrics.csv row
-    checkpoint_every=1000,
+    checkpoint_every=1000,      # iterations between checkpoints
     out_dir="",                 # default: results/sinusoid/<algorithm>-k<k_shot>-seed<seed>[-<key>=<value>
                                 # for each other setting given on the command line]
-    resume=False,
+    resume=False,               # continue the run in out_dir from its checkpoint
 )
 ALGORITHMS = ("maml", "fomaml", "reptile")
 INNER_OPTIMIZERS = ("adam", "sgd")
@@ -108,7 +108,7 @@ def mse(prediction, y):
 
 def main(argv=None):
     # ---- config -------------------------------------------------------------
-    cfg, given = utils.parse_config(CONFIG, argv, __doc__.split("\n\n")[0])
+    cfg, given = utils.parse_config(CONFIG, argv, __doc__, comments=utils.config_comments(__file__))
     validate(cfg)
     rank, world_size, _ = distributed.setup(torch.device("cpu"))  # 1 process unless torchrun
     utils.check_tasks_per_process(world_size, meta_batch_size=cfg.meta_batch_size, eval_tasks=cfg.eval_tasks)
@@ -243,7 +243,8 @@ def main(argv=None):
                "meta_iterations": cfg.meta_iterations, "world_size": world_size}
     for method, (params, inner) in adaptation.items():
         results["mse"][method] = {}
-        for k_eval in k_shots:
+        for k_eval in tqdm(k_shots, desc=f"testing {method} on {cfg.eval_tasks} tasks", leave=False,
+                           dynamic_ncols=True, disable=rank > 0):
             per_task = meta_learning.evaluate_adaptation(
                 models.mlp, mse, mse, params, distributed.take_share(support[k_eval], rank, world_size),
                 distributed.take_share((query_x, query_y), rank, world_size), cfg.eval_steps, **inner)

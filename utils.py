@@ -81,21 +81,47 @@ def _finite_float(text):
     return value
 
 
-def parse_config(defaults, argv, description="", types=None):
+def config_comments(script):
+    """{key: its comment} for the `CONFIG = dict(...)` block of a script: the
+    comment after the key, continued by deeper-indented comment lines below it;
+    a comment line at the keys' indentation introduces the key that follows."""
+    comments, key, preamble = {}, None, []
+    with open(script) as f:
+        lines = f.read().split("CONFIG = dict(\n", 1)[1].split("\n)\n", 1)[0].splitlines()
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#"):
+            if key and len(line) - len(line.lstrip()) > 4:
+                comments[key] += " " + text[1:].strip()
+            else:
+                preamble.append(text[1:].strip())
+        elif "=" in text:
+            key = text.split("=", 1)[0]
+            comment = text.split("#", 1)[1].strip() if "#" in text else ""
+            comments[key] = " ".join([*preamble, comment]).strip()
+            preamble = []
+    return comments
+
+
+def parse_config(defaults, argv, description="", types=None, comments=None):
     """Override the plain values of `defaults` with `--name value` arguments
     (underscores written as dashes). A flag's type is its default's type, or
     types[key] for a default of None; a boolean may also be given bare
-    (`--resume`). Returns the config as a namespace and the set of keys given
-    on the command line."""
-    parser = _OneLineParser(description=description, argument_default=argparse.SUPPRESS)
+    (`--resume`); --help shows each flag with its comment (config_comments) and
+    default. Returns the config as a namespace and the set of keys given on the
+    command line."""
+    parser = _OneLineParser(description=description, argument_default=argparse.SUPPRESS,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     for key, default in defaults.items():
         flag = "--" + key.replace("_", "-")
+        shown = "the paper's value for the algorithm and N-way" if default is None else repr(default)
+        text = f"{(comments or {}).get(key, '')} (default: {shown})".strip().replace("%", "%%")
         if isinstance(default, bool):
-            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, metavar="BOOL")
+            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, metavar="BOOL", help=text)
         else:
             value_type = type(default) if default is not None else types[key]
             parser.add_argument(flag, type=_finite_float if value_type is float else value_type,
-                                metavar=value_type.__name__.upper())
+                                metavar=value_type.__name__.upper(), help=text)
     given = vars(parser.parse_args(argv))
     return SimpleNamespace(**{**defaults, **given}), set(given)
 

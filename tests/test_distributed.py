@@ -209,15 +209,18 @@ def _children(pid):
 
 def start_and_kill_after_first_checkpoint(args, run_dir, victim):
     """Start torchrun, wait for the first checkpoint, then SIGKILL `victim`:
-    'all' kills the whole launch, 'worker' one worker process only."""
+    'all' kills the whole launch, 'worker' one worker process only; or send
+    torchrun a SIGTERM ('sigterm')."""
     launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *args],
                               cwd=ROOT, env=single_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     deadline = time.time() + 120
     while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
+    if victim == "sigterm":  # torchrun passes it on to its workers
+        launch.send_signal(signal.SIGTERM)
     workers = _children(launch.pid)  # torchrun starts each worker in a session of its own
-    for pid in (workers + [launch.pid] if victim == "all" else workers[-1:]):
+    for pid in {"all": workers + [launch.pid], "worker": workers[-1:], "sigterm": []}[victim]:
         os.kill(pid, signal.SIGKILL)
     output = launch.communicate(timeout=120)[0]
     return launch.returncode, output
@@ -267,3 +270,20 @@ def test_bad_input_under_torchrun_is_one_line(tmp_path, args, message):
     # One line from each process that says it before torchrun stops the others.
     assert 1 <= sum(line == f"error: {message}" for line in result.stderr.splitlines()) <= 2
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_sigterm_to_torchrun_stops_every_process_at_one_iteration_with_a_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    args = sine(run_dir, "--meta-iterations", "60", "--checkpoint-every", "10", *SLOW)
+    code, output = start_and_kill_after_first_checkpoint(args, run_dir, victim="sigterm")
+    stopped_at = load_file(run_dir / "checkpoint.pt")["iteration"]
+    assert 10 <= stopped_at < 60
+    assert f"stopped at iteration {stopped_at}, checkpoint saved; continue with: torchrun --nproc-per-node 2 " \
+           f"sinusoid_maml.py" in output
+    resumed = torchrun("sinusoid_maml.py", "--resume", "--out-dir", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = subprocess.run([sys.executable, *sine(tmp_path / "straight", "--meta-iterations", "60",
+                                                     "--checkpoint-every", "10", *SLOW)],
+                              cwd=ROOT, env=single_thread_env(), capture_output=True, timeout=240)
+    assert straight.returncode == 0
+    assert_same_params(final_params(run_dir), final_params(tmp_path / "straight"))

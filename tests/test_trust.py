@@ -336,3 +336,51 @@ def test_diverging_omniglot_training_stops_in_one_line(synthetic, tmp_path, caps
         [*QUICK, "--n-way", "2", "--inner-lr", "1e30", "--data-dir", str(synthetic), "--out-dir", str(tmp_path)]),
         code=1)
     assert "training diverged: the meta-training loss is not finite at iteration 1" in err
+
+
+# ---- configuration --------------------------------------------------------------
+def test_a_value_edited_at_the_top_of_the_script_is_refused_on_resume(tmp_path, capsys, monkeypatch):
+    sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)])
+    monkeypatch.setitem(sinusoid_maml.CONFIG, "inner_lr", 0.5)
+    capsys.readouterr()
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, "--resume", "--out-dir", str(tmp_path)]))
+    assert "inner_lr = 0.5 at the top of the script differs from 0.01, its value when the run started" in err
+    monkeypatch.setitem(sinusoid_maml.CONFIG, "inner_lr", 0.01)
+    sinusoid_maml.main([*SINE_QUICK, "--resume", "--out-dir", str(tmp_path)])  # put back: accepted
+
+
+def test_default_folders_tell_runs_with_other_settings_apart(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    quick = sinusoid_maml.main([*SINE_QUICK])
+    assert os.path.isdir("results/sinusoid/maml-k10-seed0-checkpoint_every=5-eval_k_shots=5-eval_steps=2-"
+                         "eval_tasks=10-meta_iterations=10")
+    out = capsys.readouterr().out
+    assert "run folder: results/sinusoid/maml-k10-seed0-checkpoint_every=5" in out
+    with open("results/sinusoid/maml-k10-seed0-checkpoint_every=5-eval_k_shots=5-eval_steps=2-eval_tasks=10-"
+              "meta_iterations=10/config.json") as f:
+        assert json.load(f)["out_dir"].startswith("results/sinusoid/maml-k10-seed0-checkpoint_every=5")
+    longer = sinusoid_maml.main([*SINE_QUICK, "--meta-iterations", "15"])  # a new folder, not "already holds a run"
+    assert longer["meta_iterations"] == 15 and quick["meta_iterations"] == 10
+
+
+@pytest.mark.parametrize("script", [sinusoid_maml, omniglot_maml])
+def test_help_shows_each_flag_with_its_comment_and_default(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--algorithm STR maml (second order) | fomaml (first order) | reptile (default: 'maml')" in out
+    assert "--resume [BOOL] continue the run in out_dir from its checkpoint (default: False)" in out
+    if script is omniglot_maml:
+        assert "taken as inner_lr x N on the mean cross-entropy" in out
+        assert "(default: the paper's value for the algorithm and N-way)" in out
+
+
+def test_omniglot_says_what_it_does_while_it_prepares_validates_and_tests(synthetic, tmp_path, capsys):
+    omniglot_maml.main([*QUICK, "--n-way", "2", "--data-dir", str(synthetic), "--out-dir", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert "preprocessing the Omniglot images into" in captured.out
+    assert "validation on 8 tasks" in captured.err and "test on 8 tasks" in captured.err
+    omniglot_maml.main(["--eval-only", "--data-dir", str(synthetic), "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert "test on 8 tasks" in err and "2-way 1-shot:" not in err  # no empty training bar
