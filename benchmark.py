@@ -173,8 +173,8 @@ LAUNCHES = {
     "2 processes (torchrun), 1 thread each":
         ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"], 1),
 }
-# Meta-iterations timed per launch: about 20 s of training each on a 2-core CPU.
-PROCESS_ITERATIONS = {"5w1s": 60, "5w5s": 12, "20w1s": 10, "20w5s": 2}
+# Meta-iterations timed per launch: 20 to 50 s of training each on a 2-core CPU.
+PROCESS_ITERATIONS = {"5w1s": 60, "5w5s": 12, "20w1s": 20, "20w5s": 2}
 
 
 def processes(configs):

@@ -11,7 +11,6 @@ batched over the tasks of a meta-batch with torch.func.vmap:
                  are detached.
   reptile_meta_step  theta <- theta + eps * mean_over_tasks(phi_task - theta).
   evaluate_adaptation  query metric after 0..S adaptation steps, per task.
-
   maml_meta_gradient  what the scripts call: the MAML meta-gradient accumulated
                  into .grad, a group of tasks at a time, batched or task by task.
 

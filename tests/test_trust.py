@@ -8,6 +8,7 @@ import sys
 import time
 import zipfile
 
+import matplotlib.figure
 import pytest
 import torch
 
@@ -304,7 +305,10 @@ def test_diverged_test_tasks_are_counted_reported_and_plotted(tmp_path, monkeypa
     mse = strict_json(tmp_path / "results.json")["mse"]
     assert mse["maml"]["5"]["diverged"] == [0, 1, 4, 4, 4, 4]
     assert all(m is not None and math.isfinite(m) for m in mse["maml"]["5"]["mean"])
-    assert "maml, K = 5: diverged on 4 of 10 tasks after 2 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "maml, K = 5: diverged on 4 of 10 tasks after 2 steps" in out
+    rows = [line for line in out.splitlines() if line.startswith(("maml ", "pretrained "))]
+    assert len(rows) == 2 and len(rows[0].rstrip()) == len(rows[1].rstrip())  # the table stays aligned
     for plot in ("training_curve.png", "mse_vs_steps.png", "fits.png"):
         assert (tmp_path / plot).stat().st_size > 0
 
@@ -384,3 +388,23 @@ def test_omniglot_says_what_it_does_while_it_prepares_validates_and_tests(synthe
     omniglot_maml.main(["--eval-only", "--data-dir", str(synthetic), "--out-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert "test on 8 tasks" in err and "2-way 1-shot:" not in err  # no empty training bar
+
+
+def test_plots_say_what_they_show(synthetic, tmp_path, monkeypatch):
+    figures = {}
+
+    def keep(fig, path, *args, **kwargs):
+        figures[os.path.basename(str(path))] = fig
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path / "sine")])
+    fits = figures["fits.png"].axes[0]
+    assert (fits.get_xlabel(), fits.get_ylabel()) == ("x", "y")
+    assert "95% CI over 10 tasks" in figures["mse_vs_steps.png"].axes[0].get_title()
+    omniglot_maml.main([*QUICK, "--n-way", "2", "--data-dir", str(synthetic), "--out-dir", str(tmp_path / "omni")])
+    test_axes = figures["test_accuracy.png"].axes[0]
+    assert test_axes.get_ylabel() == "query accuracy (%)"
+    assert max(line.get_ydata().max() for line in test_axes.get_lines()[:1]) > 1  # percent, not a fraction
+    assert "95% CI over 8 test tasks" in test_axes.get_legend().get_texts()[0].get_text()
+    labels = [t.get_text() for t in figures["training_curves.png"].axes[1].get_legend().get_texts()]
+    assert labels == ["meta-training tasks, after 1 step(s)", "validation tasks, after 3 steps"]
