@@ -241,22 +241,17 @@ def main(argv=None):
     window_start = time.perf_counter()
     trained_iterations = start
 
-    def save_checkpoint(done):
+    def save_checkpoint(done, seconds):
         utils.save_checkpoint(dict(
-            experiment="omniglot", config=vars(cfg), defaults=CONFIG, iteration=done, train_seconds=train_seconds,
+            experiment="omniglot", config=vars(cfg), defaults=CONFIG, iteration=done, train_seconds=seconds,
             best=best, params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
             task_generator=task_generator.get_state(),
             window=[[t.cpu() for t in window_loss], [t.cpu() for t in window_accuracy]]), checkpoint_path)
 
     for iteration in progress:
-        stop_code = distributed.largest(utils.stop_requested(), world_size, device)  # all stop together
-        if stop_code:
-            train_seconds += time.perf_counter() - window_start
-            if rank == 0:
-                save_checkpoint(iteration)
-                progress.close()
-                utils.stopped("omniglot_maml.py", argv, iteration, world_size, stop_code)
-            sys.exit(stop_code)
+        utils.stop_if_requested(iteration, lambda: save_checkpoint(
+            iteration, train_seconds + time.perf_counter() - window_start), "omniglot_maml.py", argv, rank,
+            world_size, device)
         if cfg.algorithm == "reptile":
             tasks, _ = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.reptile_train_shots, 0,
                                                 task_generator, my_tasks)
@@ -313,7 +308,7 @@ def main(argv=None):
             train_seconds += time.perf_counter() - window_start
             trained_iterations = done
             if rank == 0:
-                save_checkpoint(done)
+                save_checkpoint(done, train_seconds)
                 utils.save_checkpoint(best, best_path)  # a copy for users; the checkpoint holds it too
                 progress.set_postfix(val_acc=f"{row['validation_accuracy']:.3f}", best=f"{best['accuracy']:.3f}")
             window_start = time.perf_counter()
@@ -324,6 +319,8 @@ def main(argv=None):
     progress.close()
 
     # ---- meta-test: the best parameters on 600 fixed test tasks -------------
+    if best["params"] is None:  # stopped by a signal before its first validation
+        utils.fail(f"{run_dir} has no validated parameters yet: continue it with --resume first")
     best_params = [p.to(device) for p in best["params"]]
     reported_steps = max(REPORTED_STEPS, cfg.test_steps)
     test_accuracy = utils.summarize(evaluate(samplers["test"], cfg.test_tasks, TEST_SEED, reported_steps, best_params,

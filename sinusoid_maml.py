@@ -145,11 +145,10 @@ def main(argv=None):
 
     saved = [start]  # the iteration of the last checkpoint
 
-    def save(iteration):
+    def save(iteration, seconds):
         saved[0] = iteration
         utils.save_checkpoint(dict(
-            experiment="sinusoid", config=vars(cfg), defaults=CONFIG, iteration=iteration,
-            train_seconds=train_seconds,
+            experiment="sinusoid", config=vars(cfg), defaults=CONFIG, iteration=iteration, train_seconds=seconds,
             meta_params=[p.detach() for p in meta_params],
             baseline_params=[p.detach() for p in baseline_params],
             meta_optimizer=meta_optimizer.state_dict(),
@@ -168,14 +167,8 @@ def main(argv=None):
                     desc=f"{cfg.algorithm} meta-training", dynamic_ncols=True, disable=rank > 0)
     window_start = time.perf_counter()
     for iteration in progress:
-        stop_code = distributed.largest(utils.stop_requested(), world_size, torch.device("cpu"))  # all stop together
-        if stop_code:
-            train_seconds += time.perf_counter() - window_start
-            if rank == 0:
-                save(iteration)
-                progress.close()
-                utils.stopped("sinusoid_maml.py", argv, iteration, world_size, stop_code)
-            sys.exit(stop_code)
+        utils.stop_if_requested(iteration, lambda: save(iteration, train_seconds + time.perf_counter() - window_start),
+                                "sinusoid_maml.py", argv, rank, world_size, torch.device("cpu"))
         x, y, _, _ = sample_sinusoids(task_generator, cfg.meta_batch_size, 2 * k)
         # Every process draws the whole meta-batch and meta-learns on its share of the tasks;
         # the pretrained baseline, which is cheap, trains on all of them in every process.
@@ -221,7 +214,7 @@ def main(argv=None):
             train_seconds += time.perf_counter() - window_start
             window_start = time.perf_counter()
             if rank == 0:
-                save(done)
+                save(done, train_seconds)
     progress.close()
 
     # ---- evaluation: the same 600 test tasks for every run -----------------

@@ -65,12 +65,19 @@ def stop_requested():
     return 128 + _stop_signal[0] if _stop_signal else 0
 
 
-def stopped(script, argv, iteration, world_size, code):
-    """Say how to continue a run stopped by a signal, then exit with its code."""
-    launcher = "python" if world_size == 1 else f"torchrun --nproc-per-node {world_size}"
-    argv = sys.argv[1:] if argv is None else argv
-    command = " ".join([launcher, script, *map(shlex.quote, (a for a in argv if a != "--resume")), "--resume"])
-    print(f"\nstopped at iteration {iteration}, checkpoint saved; continue with: {command}", file=sys.stderr)
+def stop_if_requested(iteration, save, script, argv, rank, world_size, device):
+    """At the top of a training iteration: when a signal has asked any process to
+    stop, all stop here together; process 0 writes a checkpoint (save()) and says
+    how to continue, and every process exits with the signal's code."""
+    code = distributed.largest(stop_requested(), world_size, device)
+    if not code:
+        return
+    if rank == 0:
+        save()
+        launcher = "python" if world_size == 1 else f"torchrun --nproc-per-node {world_size}"
+        argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
+        command = " ".join([launcher, script, *map(shlex.quote, argv), "--resume"])
+        print(f"\nstopped at iteration {iteration}, checkpoint saved; continue with: {command}", file=sys.stderr)
     sys.exit(code)
 
 

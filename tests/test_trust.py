@@ -408,3 +408,15 @@ def test_plots_say_what_they_show(synthetic, tmp_path, monkeypatch):
     assert "95% CI over 8 test tasks" in test_axes.get_legend().get_texts()[0].get_text()
     labels = [t.get_text() for t in figures["training_curves.png"].axes[1].get_legend().get_texts()]
     assert labels == ["meta-training tasks, after 1 step(s)", "validation tasks, after 3 steps"]
+
+
+def test_eval_only_before_any_validation_is_one_line(synthetic, tmp_path, monkeypatch, capsys):
+    args = [*QUICK, "--n-way", "2", "--data-dir", str(synthetic), "--out-dir", str(tmp_path)]
+    stop_requested = utils.stop_requested
+    monkeypatch.setattr(utils, "stop_requested", lambda: 130)  # stopped before iteration 1
+    with pytest.raises(SystemExit):
+        omniglot_maml.main(args)
+    monkeypatch.setattr(utils, "stop_requested", stop_requested)
+    capsys.readouterr()
+    err = one_line_exit(capsys, lambda: omniglot_maml.main([*args, "--eval-only"]))
+    assert "has no validated parameters yet: continue it with --resume first" in err
