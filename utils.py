@@ -170,6 +170,10 @@ def open_run(run_dir, resuming, experiment, rank, world_size):
     if rank == 0:
         prepare_run_dir(run_dir, resuming)
         checkpoint = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"), experiment) if resuming else None
+        before = checkpoint["config"].get("world_size", 1) if checkpoint else world_size
+        if before != world_size:
+            print(f"resuming a run of {before} process(es) in {world_size}: the tasks are the same, "
+                  f"the sums over them are added up in another order")
     return distributed.from_rank_zero(checkpoint, world_size)
 
 

@@ -249,6 +249,7 @@ def test_killed_torchrun_run_resumes_under_torchrun_and_with_another_world_size(
             resumed = subprocess.run([sys.executable, *resume], cwd=ROOT, env=single_thread_env(),
                                      capture_output=True, text=True, timeout=240)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert ("resuming a run of 2 process(es) in 1" in resumed.stdout) == (resume_processes == 1)
         assert_same_params(final_params(run_dir), final_params(tmp_path / "straight"))
         assert json.loads((run_dir / "results.json").read_text())["world_size"] == resume_processes
 
