@@ -338,6 +338,7 @@ def run_main(main, argv):
     try:
         main(argv)
     except distributed.ProcessFailure as error:
-        fail(str(error), code=1)
+        print(f"\nerror: {error}", file=sys.stderr, flush=True)
+        os._exit(1)  # not through the broken process group's destructors, which can abort
     finally:
         distributed.teardown()
