@@ -157,13 +157,19 @@ def test_torchrun_sinusoid_run_equals_one_process(tmp_path):
 
 def test_two_torchrun_nodes_on_localhost_equal_one_process(tmp_path):
     port = free_port()
+    logs = [open(tmp_path / f"node{rank}.log", "w") for rank in range(2)]  # files: a full pipe cannot block a node
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
                                *sine(tmp_path / f"node{rank}")],
-                              cwd=ROOT, env=single_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for rank in range(2)]
-    outputs = [node.communicate(timeout=240)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+                              cwd=ROOT, env=single_thread_env(), stdout=logs[rank], stderr=subprocess.STDOUT)
+             for rank in range(2)]
+    try:
+        codes = [node.wait(timeout=240) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    outputs = [(tmp_path / f"node{rank}.log").read_text() for rank in range(2)]
+    assert codes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert not (tmp_path / "node1").exists()  # the process of rank 1 writes nothing
     one = subprocess.run([sys.executable, *sine(tmp_path / "one")], cwd=ROOT, env=single_thread_env(),
                          capture_output=True, text=True, timeout=240)
