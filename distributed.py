@@ -111,6 +111,9 @@ def rank_zero_first(rank, world_size):
         _collective(dist.barrier)
 
 
-def teardown():
+def finish():
+    """Leave the process group together: a process that left while another was
+    still writing its results could abort at exit."""
     if dist.is_initialized():
+        _collective(dist.barrier)
         dist.destroy_process_group()

@@ -337,8 +337,7 @@ def run_main(main, argv):
     stop_on_signals()
     try:
         main(argv)
+        distributed.finish()
     except distributed.ProcessFailure as error:
         print(f"\nerror: {error}", file=sys.stderr, flush=True)
         os._exit(1)  # not through the broken process group's destructors, which can abort
-    finally:
-        distributed.teardown()
