@@ -24,6 +24,7 @@ dimension.
 """
 import torch
 from torch.func import grad, vmap
+from tqdm import tqdm
 
 ADAM_BETA2 = 0.999
 ADAM_EPS = 1e-8
@@ -185,10 +186,11 @@ def reptile_meta_step(forward, loss_fn, params, tasks, steps, lr, meta_step_size
 
 
 def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, steps, lr,
-                        optimizer="sgd", batch_size=None, chunk_size=None):
+                        optimizer="sgd", batch_size=None, chunk_size=None, progress=None):
     """Adapt to each task's support set and measure metric_fn(prediction, y) on
     its query set after 0, 1, ..., steps steps. Returns a (tasks, steps + 1) tensor.
-    chunk_size bounds how many tasks are in memory at once."""
+    chunk_size bounds how many tasks are in memory at once; with progress (a
+    description), a progress bar advances chunk by chunk."""
     detached = [p.detach() for p in params]
 
     def one_task(support_x, support_y, query_x, query_y):
@@ -196,5 +198,9 @@ def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, ste
                            first_order=True, optimizer=optimizer, batch_size=batch_size)
         return torch.stack([metric_fn(forward(p, query_x), query_y) for p in trajectory])
 
+    n_tasks = support[0].shape[0]
+    chunk = chunk_size or n_tasks
     with torch.no_grad():
-        return vmap(one_task, chunk_size=chunk_size)(*support, *query)
+        return torch.cat([vmap(one_task)(*[t[first:first + chunk] for t in (*support, *query)])
+                          for first in tqdm(range(0, n_tasks, chunk), desc=progress, leave=False,
+                                            dynamic_ncols=True, disable=progress is None)])

@@ -211,13 +211,10 @@ def main(argv=None):
         """Query accuracy of n_tasks fixed tasks after 0..steps adaptation steps, (tasks, steps + 1)."""
         support, query = sampler.sample(n_tasks, cfg.n_way, cfg.k_shot, cfg.k_shot, torch.Generator().manual_seed(seed),
                                         distributed.share(n_tasks, rank, world_size))
-        per_task = [meta_learning.evaluate_adaptation(forward, F.cross_entropy, accuracy, parameters,
-                                                      [t[chunk:chunk + CHUNK_TASKS] for t in support],
-                                                      [t[chunk:chunk + CHUNK_TASKS] for t in query], steps,
-                                                      **adaptation).cpu()
-                    for chunk in tqdm(range(0, len(support[0]), CHUNK_TASKS), desc=f"{name} on {n_tasks} tasks",
-                                      leave=False, dynamic_ncols=True, disable=rank > 0)]
-        return distributed.gather_rows(torch.cat(per_task), world_size)
+        per_task = meta_learning.evaluate_adaptation(
+            forward, F.cross_entropy, accuracy, parameters, support, query, steps, chunk_size=CHUNK_TASKS,
+            progress=f"{name} on {n_tasks} tasks" if rank == 0 else None, **adaptation)
+        return distributed.gather_rows(per_task.cpu(), world_size)
 
     # ---- meta-training ------------------------------------------------------
     if rank == 0:
