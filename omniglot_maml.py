@@ -58,6 +58,8 @@ CONFIG = dict(
     log_every=50,               # iterations per metrics.csv row
     validate_every=500,         # iterations between validations (and checkpoints)
     validation_tasks=200,       # fixed validation tasks (the best parameters are kept)
+    test_every=0,               # iterations between tests of the current parameters, for the accuracy-
+                                # against-time curve in metrics.csv (0: only the final test of the best)
     test_tasks=600,             # fixed test tasks of the final test
     data_dir="data/omniglot",   # where the two archives are (downloaded if missing) and the cache
     device="auto",              # auto | cpu | cuda
@@ -117,6 +119,8 @@ def validate(cfg):
             utils.fail(f"--{key.replace('_', '-')} must be positive, got {getattr(cfg, key)}")
     if cfg.train_minutes < 0:
         utils.fail(f"--train-minutes must be 0 (no limit) or positive, got {cfg.train_minutes}")
+    if cfg.test_every < 0:
+        utils.fail(f"--test-every must be 0 (only the final test) or positive, got {cfg.test_every}")
     if cfg.test_tasks < 2:
         utils.fail(f"--test-tasks must be at least 2 for a confidence interval, got {cfg.test_tasks}")
     drawers = omniglot_data.DRAWERS
@@ -160,7 +164,9 @@ def main(argv=None):
     checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
     checkpoint = utils.open_run(run_dir, cfg.resume or cfg.eval_only, "omniglot", rank, world_size)
     if checkpoint:
-        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG)
+        # A MAML run may be given more iterations; Reptile's meta step is annealed over them.
+        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG,
+                                   also_free={"meta_iterations"} if cfg.algorithm != "reptile" else set())
     cfg.out_dir, cfg.world_size = run_dir, world_size
 
     # ---- data ---------------------------------------------------------------
@@ -219,7 +225,8 @@ def main(argv=None):
     # ---- meta-training ------------------------------------------------------
     if rank == 0:
         metrics = utils.MetricsLog(os.path.join(run_dir, "metrics.csv"),
-                                   ["iteration", "train_loss", "train_accuracy", "validation_accuracy"],
+                                   ["iteration", "train_seconds", "train_loss", "train_accuracy",
+                                    "validation_accuracy", "test_accuracy", "test_ci95"],
                                    resume_iteration=start if checkpoint else None)
     # Every process draws the same meta-batches and builds only its share of the tasks.
     my_tasks = distributed.share(cfg.meta_batch_size, rank, world_size)
@@ -278,7 +285,8 @@ def main(argv=None):
         # Several processes must stop together: they agree to at a metrics row (every log_every iterations).
         out_of_time = over_budget and world_size == 1
         validating = done % cfg.validate_every == 0 or done == cfg.meta_iterations or out_of_time
-        if not (validating or done % cfg.log_every == 0):
+        testing = cfg.test_every > 0 and (done % cfg.test_every == 0 or done == cfg.meta_iterations)
+        if not (validating or testing or done % cfg.log_every == 0):
             continue
         losses = torch.stack(window_loss)
         if not torch.isfinite(losses).all():  # the same iteration in every process: they share parameters
@@ -290,8 +298,10 @@ def main(argv=None):
             [losses.mean(), torch.stack(window_accuracy).mean(),
              torch.tensor(float(over_budget), device=loss.device)], world_size)
         out_of_time, validating = stop.item() > 0, validating or stop.item() > 0
-        row = dict(iteration=done, train_loss=mean_loss.item(), train_accuracy=mean_accuracy.item(),
-                   validation_accuracy="")
+        testing = testing or (out_of_time and cfg.test_every > 0)
+        row = dict(iteration=done, train_seconds=round(train_seconds + time.perf_counter() - window_start, 2),
+                   train_loss=mean_loss.item(), train_accuracy=mean_accuracy.item(), validation_accuracy="",
+                   test_accuracy="", test_ci95="")
         window_loss, window_accuracy = [], []
         if validating:
             row["validation_accuracy"] = evaluate(samplers["validation"], cfg.validation_tasks, VALIDATION_SEED,
@@ -299,6 +309,12 @@ def main(argv=None):
             if row["validation_accuracy"] > best["accuracy"]:
                 best = dict(accuracy=row["validation_accuracy"], iteration=done,
                             params=[p.detach().cpu().clone() for p in params])
+        if testing:  # not counted in train_seconds
+            paused = time.perf_counter()
+            curve = utils.summarize(evaluate(samplers["test"], cfg.test_tasks, TEST_SEED, cfg.test_steps, params,
+                                             "test"))
+            row.update(test_accuracy=curve["mean"][-1], test_ci95=curve["ci95"][-1])
+            window_start += time.perf_counter() - paused
         if rank == 0:
             metrics.log(**row)  # before the checkpoint, so a resume never loses a row
         if validating:
@@ -327,7 +343,7 @@ def main(argv=None):
         "headline_step": cfg.test_steps, "tasks": cfg.test_tasks, "split": cfg.split,
         "best_iteration": best["iteration"], "best_validation_accuracy": best["accuracy"],
         "meta_iterations": trained_iterations, "train_seconds": round(train_seconds, 1)},
-        "world_size": world_size}
+        "world_size": world_size, "device": utils.device_name(device, world_size)}
     if rank > 0:
         return results
     utils.save_json(results, os.path.join(run_dir, "results.json"))

@@ -19,7 +19,7 @@ import distributed
 
 # Keys that may be given anew when a run is resumed: where it and its data live,
 # where it runs, and how many tasks its final test uses.
-RESUME_FREE_KEYS = {"out_dir", "device", "data_dir", "test_tasks"}
+RESUME_FREE_KEYS = {"out_dir", "device", "data_dir", "test_tasks", "train_minutes"}
 # Keys that say what this invocation does rather than what the run is.
 INVOCATION_KEYS = {"resume", "eval_only"}
 
@@ -193,22 +193,22 @@ def default_run_dir(experiment, name, cfg, given, named_keys):
     return os.path.join("results", experiment, "-".join([name, *tags]))
 
 
-def resumed_config(checkpoint, cfg, given, defaults):
-    """The saved run's config, with the keys that may change on resume taken
-    from the command line. Any other key given with a different value is an
-    error, and so is a value at the top of the script (defaults) that was
-    changed since the run started."""
-    saved = checkpoint["config"]
-    for key in given - RESUME_FREE_KEYS - INVOCATION_KEYS:
+def resumed_config(checkpoint, cfg, given, defaults, also_free=frozenset()):
+    """The saved run's config, with the keys that may change on resume (those
+    of RESUME_FREE_KEYS and also_free) taken from the command line. Any other
+    key given with a different value is an error, and so is a value at the top
+    of the script (defaults) that was changed since the run started."""
+    saved, free_keys = checkpoint["config"], RESUME_FREE_KEYS | set(also_free)
+    for key in given - free_keys - INVOCATION_KEYS:
         if getattr(cfg, key) != saved[key]:
             fail(f"--{key.replace('_', '-')} {getattr(cfg, key)} differs from the resumed run's {saved[key]}")
     started_with = checkpoint.get("defaults", defaults)
-    for key in sorted(defaults.keys() - given - RESUME_FREE_KEYS - INVOCATION_KEYS):
+    for key in sorted(defaults.keys() - given - free_keys - INVOCATION_KEYS):
         if key in started_with and defaults[key] != started_with[key]:
             fail(f"{key} = {defaults[key]!r} at the top of the script differs from {started_with[key]!r}, "
                  f"its value when the run started: put it back, or start a new run")
     free = {key: value for key, value in vars(cfg).items()
-            if key in INVOCATION_KEYS or (key in RESUME_FREE_KEYS and key in given)}
+            if key in INVOCATION_KEYS or (key in free_keys and key in given)}
     return SimpleNamespace(**{**saved, **free})
 
 
@@ -320,6 +320,17 @@ def pick_device(name):
     if name not in ("cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {name!r}")
     return torch.device(name)
+
+
+def device_name(device, world_size):
+    """The hardware a run trained on, for its results: GPU model or CPU model, and processes."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                    "CPU") if os.path.exists("/proc/cpuinfo") else "CPU"
+        name += f", {torch.get_num_threads()} thread(s) per process"
+    return f"{name}, {world_size} process(es)"
 
 
 def plot_with_ci(ax, mean, ci, label, **style):

@@ -1,5 +1,6 @@
 """Omniglot data (synthetic archives in the release's layout, a local download
 server) and omniglot_maml.py end to end, on the real data when it is here."""
+import csv
 import hashlib
 import http.server
 import os
@@ -14,7 +15,7 @@ from PIL import Image, ImageDraw
 import omniglot_data
 import omniglot_maml
 import utils
-from conftest import load_file
+from conftest import load_file, metrics_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where the real archives may be: where the README tells users to put them, and
@@ -319,7 +320,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(synthetic_dir, tmp_path
         a = load_file(str(tmp_path / "straight" / name))["params"]
         b = load_file(str(tmp_path / "killed" / name))["params"]
         assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert (tmp_path / "straight" / "metrics.csv").read_text() == (tmp_path / "killed" / "metrics.csv").read_text()
+    assert metrics_rows(tmp_path / "straight" / "metrics.csv") == metrics_rows(tmp_path / "killed" / "metrics.csv")
     assert resumed["test"]["accuracy"] == straight["test"]["accuracy"]
 
 
@@ -328,6 +329,45 @@ def test_train_minutes_stops_training_and_still_tests(synthetic_dir, tmp_path, c
                                   "--n-way", "2", "--data-dir", str(synthetic_dir), "--out-dir", str(tmp_path)])
     assert results["test"]["meta_iterations"] == 1 and results["test"]["best_iteration"] == 1
     assert "--train-minutes 0.0001: stopped after iteration 1" in capsys.readouterr().out
+
+
+def test_test_every_records_test_accuracy_against_iterations_and_seconds(synthetic_dir, tmp_path):
+    results = omniglot_maml.main([*QUICK, "--validate-every", "4", "--test-every", "2", "--n-way", "2",
+                                  "--data-dir", str(synthetic_dir), "--out-dir", str(tmp_path)])
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    tested = [r for r in rows if r["test_accuracy"]]
+    assert [int(r["iteration"]) for r in tested] == [2, 4]
+    # one validation (at 4), so the final test is of the parameters tested at 4
+    accuracy, step = results["test"]["accuracy"], results["test"]["headline_step"]
+    assert float(tested[-1]["test_accuracy"]) == pytest.approx(accuracy["mean"][step], abs=1e-12)
+    assert float(tested[-1]["test_ci95"]) == pytest.approx(accuracy["ci95"][step], abs=1e-12)
+    seconds = [float(r["train_seconds"]) for r in rows]
+    assert seconds == sorted(seconds) and 0 < seconds[-1] <= results["test"]["train_seconds"] + 0.1
+
+
+def test_a_finished_run_continues_with_more_iterations_or_minutes(synthetic_dir, tmp_path, capsys):
+    args = [*QUICK, "--n-way", "2", "--data-dir", str(synthetic_dir)]
+    omniglot_maml.main([*args, "--meta-iterations", "6", "--out-dir", str(tmp_path / "straight")])
+    omniglot_maml.main([*args, "--out-dir", str(tmp_path / "longer")])
+    longer = omniglot_maml.main(["--resume", "--meta-iterations", "6", "--out-dir", str(tmp_path / "longer"),
+                                 "--data-dir", str(synthetic_dir)])
+    assert longer["test"]["meta_iterations"] == 6
+    for a, b in zip(load_file(tmp_path / "straight" / "checkpoint.pt")["params"],
+                    load_file(tmp_path / "longer" / "checkpoint.pt")["params"]):
+        assert torch.equal(a, b)
+
+    omniglot_maml.main([*args, "--train-minutes", "0.0001", "--out-dir", str(tmp_path / "budget")])
+    more_time = omniglot_maml.main(["--resume", "--train-minutes", "0", "--out-dir", str(tmp_path / "budget"),
+                                    "--data-dir", str(synthetic_dir)])
+    assert more_time["test"]["meta_iterations"] == 4
+
+    reptile = [*args, "--algorithm", "reptile", "--reptile-train-shots", "4", "--out-dir", str(tmp_path / "reptile")]
+    omniglot_maml.main(reptile)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # its meta step is annealed over the iterations it started with
+        omniglot_maml.main([*reptile, "--resume", "--meta-iterations", "6"])
+    assert "--meta-iterations 6 differs from the resumed run's 4" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
