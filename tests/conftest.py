@@ -2,10 +2,16 @@ import csv
 import os
 import sys
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import omniglot_data  # noqa: E402
+
+# Where the real archives may be: where the README tells users to put them, and
+# the shared copy beside the checkout (CI's).
+REAL_DATA_DIRS = [os.path.join(ROOT, "data", "omniglot"), os.path.join(ROOT, "..", "shared", "omniglot")]
 
 
 def load_file(path):
@@ -18,3 +24,15 @@ def metrics_rows(path):
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return [{key: value for key, value in row.items() if key != "train_seconds"} for row in rows]
+
+
+@pytest.fixture(scope="session")
+def real_data_dir(tmp_path_factory):
+    """The release archives linked into a temporary folder, where their cache is built once per session."""
+    found = [d for d in REAL_DATA_DIRS if all(os.path.exists(os.path.join(d, n)) for n in omniglot_data.RELEASE_MD5)]
+    if not found:
+        pytest.skip("no Omniglot archives in data/omniglot or ../shared/omniglot")
+    data_dir = tmp_path_factory.mktemp("omniglot")  # the cache goes here, never beside the archives
+    for name in omniglot_data.RELEASE_MD5:
+        os.symlink(os.path.realpath(os.path.join(found[0], name)), data_dir / name)
+    return data_dir

@@ -18,7 +18,6 @@ import meta_learning
 import models
 import utils
 from test_meta_learning import PROBLEMS, relative_error
-from test_omniglot import real_data_dir  # noqa: F401 (a fixture)
 from conftest import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,7 +176,7 @@ def test_two_torchrun_nodes_on_localhost_equal_one_process(tmp_path):
     assert_same_params(final_params(tmp_path / "node0"), final_params(tmp_path / "one"))
 
 
-def test_torchrun_omniglot_run_equals_one_process_and_stops_together(real_data_dir, tmp_path):  # noqa: F811
+def test_torchrun_omniglot_run_equals_one_process_and_stops_together(real_data_dir, tmp_path):
     # 5 meta-training, 5 validation and 7 test tasks: uneven shares over 2 processes.
     args = ["omniglot_maml.py", "--split", "paper", "--meta-iterations", "6", "--meta-batch-size", "5",
             "--validate-every", "3", "--log-every", "2", "--validation-tasks", "5", "--test-tasks", "7",

@@ -17,10 +17,6 @@ import omniglot_maml
 import utils
 from conftest import load_file, metrics_rows
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Where the real archives may be: where the README tells users to put them, and
-# the shared copy beside the checkout (CI's).
-REAL_DATA_DIRS = [os.path.join(ROOT, "data", "omniglot"), os.path.join(ROOT, "..", "shared", "omniglot")]
 # A small layout for synthetic archives: (alphabets, characters per alphabet) per set.
 SMALL = {"images_background": (4, 3), "images_evaluation": (2, 3)}
 
@@ -405,18 +401,7 @@ def test_bad_data_folder_stops_the_script_with_one_line(tmp_path, small_layout, 
     assert capsys.readouterr().err.count("\n") == 1
 
 
-# ---- the real data, when this checkout sits beside shared/omniglot -----------
-@pytest.fixture(scope="module")
-def real_data_dir(tmp_path_factory):
-    found = [d for d in REAL_DATA_DIRS if all(os.path.exists(os.path.join(d, n)) for n in omniglot_data.RELEASE_MD5)]
-    if not found:
-        pytest.skip("no Omniglot archives in data/omniglot or ../shared/omniglot")
-    data_dir = tmp_path_factory.mktemp("omniglot")  # the cache goes here, never beside the archives
-    for name in omniglot_data.RELEASE_MD5:
-        os.symlink(os.path.realpath(os.path.join(found[0], name)), data_dir / name)
-    return data_dir
-
-
+# ---- the real data, when this checkout sits beside shared/omniglot (real_data_dir: conftest)
 def test_real_data_has_the_release_layout(real_data_dir):
     images, names = omniglot_data.load_omniglot(str(real_data_dir))
     assert images.shape == (1623, 20, 28, 28)

@@ -1,0 +1,74 @@
+"""table1.py: the cells of Table 1 trained on the real data, skipped and continued
+on a rerun, and reported beside the published numbers."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import table1
+from conftest import ROOT
+from test_trust import one_line_exit
+
+TINY = ["--evaluate-every", "1", "--device", "cpu",
+        "--extra", "--validation-tasks 4 --test-tasks 4 --log-every 1 --validate-every 2"]
+
+
+def table(out, *args):
+    return subprocess.run([sys.executable, "table1.py", "--out-dir", str(out), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cells_run_skip_when_done_continue_with_more_and_report(real_data_dir, tmp_path):
+    args = [*TINY, "--data-dir", str(real_data_dir), "--cells", "maml-5w1s,mlp-5w1s"]
+    first = table(tmp_path, *args, "--iterations", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = table(tmp_path, *args, "--iterations", "2")
+    assert "maml-5w1s: its budget is met" in again.stdout and "mlp-5w1s: its budget is met" in again.stdout
+    more = table(tmp_path, *args, "--iterations", "3", "--cells", "maml-5w1s", "--processes", "2")
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "--resume" in more.stdout and "torch.distributed.run" in more.stdout
+
+    folder = tmp_path / "paper"
+    results = json.loads((folder / "maml-5w1s" / "results.json").read_text())
+    assert results["test"]["meta_iterations"] == 3 and results["world_size"] == 2
+    rows = {line.split(" | ")[0].strip("| "): line for line in (folder / "table1.md").read_text().splitlines()}
+    assert set(table1.CELLS) <= set(rows)
+    assert "| 98.7 ± 0.4 |" in rows["maml-5w1s"] and "3 of the paper's 60,000 iterations" in rows["maml-5w1s"]
+    assert "(4 tasks)" in rows["maml-5w1s"] and "2 process(es)" in rows["maml-5w1s"]
+    assert "| 89.7 ± 1.1 |" in rows["mlp-5w1s"] and "| 2 |" in rows["mlp-5w1s"]
+    assert "not run" in rows["maml-20w5s"] and "not run" in rows["reptile-5w1s"]
+    assert os.path.getsize(folder / "table1.png") > 0
+
+
+def test_first_point_within_the_published_interval():
+    rows = [dict(iteration=i, train_seconds=60 * i, test_accuracy=a) for i, a in
+            [(1, 0.90), (2, None), (3, 0.983), (4, 0.99)]]
+    assert table1.first_within(rows, (98.7, 0.4)) == (3, 3.0)
+    assert table1.first_within(rows, (99.9, 0.1)) is None
+
+
+def test_sigterm_stops_the_run_with_a_checkpoint_and_the_table(real_data_dir, tmp_path):
+    driver = subprocess.Popen([sys.executable, "table1.py", "--out-dir", str(tmp_path), *TINY, "--cells", "mlp-5w1s",
+                               "--data-dir", str(real_data_dir), "--iterations", "100000"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "paper" / "mlp-5w1s" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 143, err[-2000:]
+    assert "checkpoint saved; continue with" in err and "mlp-5w1s" in (tmp_path / "paper" / "table1.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cells", "maml-6w1s"], "unknown cell 'maml-6w1s'"),
+    (["--split", "omniglot"], "--split must be paper or background"),
+    (["--minutes", "-1"], "--minutes must be 0 (none) or positive"),
+])
+def test_bad_input_is_one_line(capsys, tmp_path, args, message):
+    assert message in one_line_exit(capsys, lambda: table1.main([*args, "--out-dir", str(tmp_path)]))
