@@ -15,6 +15,7 @@ interval. Writes table1.md and table1.png to <out_dir>/<split>.
 """
 import csv
 import json
+import math
 import os
 import shlex
 import signal
@@ -23,6 +24,7 @@ import sys
 import time
 
 import matplotlib
+import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -120,6 +122,22 @@ def first_within(rows, published):
                  if r["test_accuracy"] is not None and 100 * r["test_accuracy"] >= low), None)
 
 
+def extrapolated(rows, published):
+    """(iterations, minutes) at which a power law in iterations fitted to the test error
+    of the second half of the test curve reaches the published CI's lower end; None
+    when there are fewer than 3 such points or the error hardly falls."""
+    tested = [r for r in rows if r["test_accuracy"] is not None]
+    late = tested[len(tested) // 2:]
+    if len(late) < 3:
+        return None
+    slope, intercept = np.polyfit(np.log([r["iteration"] for r in late]),
+                                  np.log([100 - 100 * r["test_accuracy"] for r in late]), 1)
+    if slope > -0.01:  # an error that falls by under 5% over 100x the iterations: no estimate
+        return None
+    iterations = math.exp((math.log(100 - published[0] + published[1]) - intercept) / slope)
+    return iterations, iterations * late[-1]["train_seconds"] / late[-1]["iteration"] / 60
+
+
 def protocol_notes(cell, config, results):
     family = CELLS[cell][0]
     paper = omniglot_maml.PAPER_DEFAULTS[("reptile" if family == "reptile" else "maml", config["n_way"])]
@@ -148,15 +166,21 @@ def report(cfg, folder):
         test, step = results["test"], results["test"]["headline_step"]
         ours = f"{100 * test['accuracy']['mean'][step]:.2f} ± {100 * test['accuracy']['ci95'][step]:.2f}"
         ours += f" ({test['tasks']} tasks)" if test["tasks"] != 600 else ""
-        reached = first_within(rows, published)
-        reached = f"iteration {reached[0]:,.0f} ({reached[1]:.1f} min)" if reached else "not yet"
+        reached, estimate = first_within(rows, published), extrapolated(rows, published)
+        if reached:
+            reached = f"iteration {reached[0]:,.0f} ({reached[1]:.1f} min)"
+        elif estimate:
+            reached = f"not yet; extrapolated: ~{estimate[0]:,.0f} iterations (~{estimate[1] / 60:.1f} h on its device)"
+        else:
+            reached = "not yet"
         lines.append(f"| {cell} | {published[0]} ± {published[1]} | {ours} | {test['meta_iterations']:,} | "
                      f"{test['train_seconds'] / 60:.1f} min | {results.get('device', '?')} | {reached} | "
                      f"{protocol_notes(cell, config, results)} |")
     lines += ["", f"Split: {cfg.split}. Test accuracy of the best-validation parameters on "
               "600 fixed test tasks (unless said), after 3 steps (5-way) or 5 (20-way), 50 Adam steps for Reptile; "
               "batch norm transductive as in the paper's code; test classes not rotated (the official "
-              "code rotates them). Training time includes validation, not the test-curve points."]
+              "code rotates them). Training time includes validation, not the test-curve points. Extrapolated: a power law "
+              "fitted to the test error of the second half of the test curve, on the run's own device."]
     with open(os.path.join(folder, "table1.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot_curves({cell: run for cell, run in runs.items() if run}, os.path.join(folder, "table1.png"))
@@ -165,32 +189,50 @@ def report(cfg, folder):
 
 
 def plot_curves(runs, path):
-    """Per cell: validation and test accuracy against iterations (top) and minutes (bottom)."""
+    """Per cell: validation and test accuracy against iterations (top) and minutes
+    (bottom), published number as a line; then MAML, FOMAML and Reptile at
+    5-way 1-shot against the same minutes, when two or more of them ran."""
     if not runs:
         return
-    fig, axes = plt.subplots(2, len(runs), figsize=(3.6 * len(runs), 6.4), squeeze=False)
-    for column, (cell, (_, _, rows)) in enumerate(runs.items()):
+    algorithms = [c for c in ("maml-5w1s", "fomaml-5w1s", "reptile-5w1s") if c in runs]
+    columns = len(runs) + (len(algorithms) > 1)
+    fig, axes = plt.subplots(2, columns, figsize=(3.6 * columns, 6.4), squeeze=False)
+    for column, (cell, (_, results, rows)) in enumerate(runs.items()):
         published = CELLS[cell][2]
-        validated = [r for r in rows if r["validation_accuracy"] is not None]
-        tested = [r for r in rows if r["test_accuracy"] is not None]
+        device = results["device"].split(",")[0] if results else ""
         for row, (key, scale, label) in enumerate([("iteration", 1, "meta-iteration"),
-                                                   ("train_seconds", 60, "training time (min)")]):
+                                                   ("train_seconds", 60, f"training time (min, {device})")]):
             ax = axes[row][column]
-            ax.plot([r[key] / scale for r in validated], [100 * r["validation_accuracy"] for r in validated],
-                    label="validation (200 tasks)")
-            if tested:
-                x = [r[key] / scale for r in tested]
-                mean = [100 * r["test_accuracy"] for r in tested]
-                ci = [100 * r["test_ci95"] for r in tested]
-                ax.plot(x, mean, marker="o", markersize=3, label="test (600 tasks, 95% CI)")
-                ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], alpha=0.2)
+            for accuracy, name in (("validation_accuracy", "validation (200 tasks)"), ("test_accuracy", "test")):
+                curve_line(ax, rows, key, scale, accuracy, name)
             ax.axhline(published[0], color="black", linestyle="--", label=f"published {published[0]}")
             ax.axhspan(published[0] - published[1], published[0] + published[1], color="black", alpha=0.1)
-            ax.set(xlabel=label, ylabel="accuracy (%)", title=cell, ylim=(max(0, published[0] - 20), 100.5))
+            lowest = min([100 * r[a] for r in rows for a in ("validation_accuracy", "test_accuracy")
+                          if r[a] is not None], default=100)
+            ax.set(xlabel=label, ylabel="accuracy (%)", title=cell, ylim=(max(0, min(published[0] - 20, lowest - 2)), 100.5))
+            ax.legend(fontsize=7, loc="lower right")
+    if len(algorithms) > 1:
+        for row, (accuracy, name) in enumerate((("test_accuracy", "test"), ("validation_accuracy", "validation"))):
+            ax = axes[row][-1]
+            for cell in algorithms:
+                curve_line(ax, runs[cell][2], "train_seconds", 60, accuracy, cell)
+            ax.set(xlabel="training time (min)", ylabel=f"{name} accuracy (%)", title="5-way 1-shot at equal time",
+                   ylim=(60, 100.5))
             ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def curve_line(ax, rows, key, scale, accuracy, label):
+    """One accuracy column of metrics.csv against iterations or minutes; the test curve with its 95% band."""
+    points = [r for r in rows if r[accuracy] is not None]
+    x, mean = [r[key] / scale for r in points], [100 * r[accuracy] for r in points]
+    line, = ax.plot(x, mean, marker="o" if accuracy == "test_accuracy" else None, markersize=3, label=label)
+    if accuracy == "test_accuracy" and points:
+        ci = [100 * r["test_ci95"] for r in points]
+        ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
+                        color=line.get_color(), alpha=0.2)
 
 
 def main(argv=None):

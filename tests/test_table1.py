@@ -65,6 +65,15 @@ def test_sigterm_stops_the_run_with_a_checkpoint_and_the_table(real_data_dir, tm
     assert "checkpoint saved; continue with" in err and "mlp-5w1s" in (tmp_path / "paper" / "table1.md").read_text()
 
 
+def test_extrapolation_follows_a_power_law_curve_to_the_published_interval():
+    rows = [dict(iteration=i, train_seconds=0.5 * i, test_accuracy=1 - 0.1 * (i / 100) ** -0.5)
+            for i in (100, 200, 400, 800, 1600)]
+    iterations, minutes = table1.extrapolated(rows, (98.7, 0.4))  # error 1.7% = 10% x (i / 100)^-0.5
+    assert iterations == pytest.approx(100 / 0.17 ** 2) and minutes == pytest.approx(0.5 * iterations / 60)
+    assert table1.extrapolated([{**r, "test_accuracy": 0.5} for r in rows], (98.7, 0.4)) is None  # flat
+    assert table1.extrapolated(rows[:2], (98.7, 0.4)) is None  # too few points
+
+
 @pytest.mark.parametrize("args, message", [
     (["--cells", "maml-6w1s"], "unknown cell 'maml-6w1s'"),
     (["--split", "omniglot"], "--split must be paper or background"),
