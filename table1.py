@@ -199,9 +199,9 @@ def plot_curves(runs, path):
     fig, axes = plt.subplots(2, columns, figsize=(3.6 * columns, 6.4), squeeze=False)
     for column, (cell, (_, results, rows)) in enumerate(runs.items()):
         published = CELLS[cell][2]
-        device = results["device"].split(",")[0] if results else ""
+        device = f", {results['device'].split(',')[0]}" if results else ""
         for row, (key, scale, label) in enumerate([("iteration", 1, "meta-iteration"),
-                                                   ("train_seconds", 60, f"training time (min, {device})")]):
+                                                   ("train_seconds", 60, f"training time (min{device})")]):
             ax = axes[row][column]
             for accuracy, name in (("validation_accuracy", "validation (200 tasks)"), ("test_accuracy", "test")):
                 curve_line(ax, rows, key, scale, accuracy, name)
