@@ -101,26 +101,13 @@ def resolve_paper_defaults(cfg):
 
 
 def validate(cfg):
-    if cfg.algorithm not in ALGORITHMS:
-        utils.fail(f"--algorithm must be one of {', '.join(ALGORITHMS)}, not {cfg.algorithm!r}")
-    if cfg.split not in omniglot_data.SPLITS:
-        utils.fail(f"--split must be one of {', '.join(omniglot_data.SPLITS)}, not {cfg.split!r}")
-    if cfg.model not in MODELS:
-        utils.fail(f"--model must be one of {', '.join(MODELS)}, not {cfg.model!r}")
-    for key in ("n_way", "k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "test_steps",
-                "reptile_train_shots", "reptile_inner_batch", "reptile_eval_batch", "log_every", "validate_every",
-                "validation_tasks"):
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-            utils.fail(f"--{key.replace('_', '-')} must be at least 1, got {getattr(cfg, key)}")
-    if cfg.n_way < 2:
-        utils.fail(f"--n-way must be at least 2, got {cfg.n_way}")
-    for key in ("meta_lr", "inner_lr", "reptile_meta_step"):
-        if not getattr(cfg, key) > 0:
-            utils.fail(f"--{key.replace('_', '-')} must be positive, got {getattr(cfg, key)}")
-    if cfg.train_minutes < 0:
-        utils.fail(f"--train-minutes must be 0 (no limit) or positive, got {cfg.train_minutes}")
-    if cfg.test_every < 0:
-        utils.fail(f"--test-every must be 0 (only the final test) or positive, got {cfg.test_every}")
+    utils.check_settings(
+        cfg, choices=dict(algorithm=ALGORITHMS, split=omniglot_data.SPLITS, model=MODELS),
+        at_least=dict(n_way=2, **{key: 1 for key in (
+            "k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "test_steps", "reptile_train_shots",
+            "reptile_inner_batch", "reptile_eval_batch", "log_every", "validate_every", "validation_tasks")}),
+        positive=("meta_lr", "inner_lr", "reptile_meta_step"),
+        zero_is_off=dict(train_minutes="no limit", test_every="only the final test"))
     if cfg.test_tasks < 2:
         utils.fail(f"--test-tasks must be at least 2 for a confidence interval, got {cfg.test_tasks}")
     drawers = omniglot_data.DRAWERS

@@ -66,19 +66,12 @@ INPUT_RANGE = (-5.0, 5.0)
 
 
 def validate(cfg):
-    if cfg.algorithm not in ALGORITHMS:
-        utils.fail(f"--algorithm must be one of {', '.join(ALGORITHMS)}, not {cfg.algorithm!r}")
-    if cfg.reptile_inner_optimizer not in INNER_OPTIMIZERS:
-        utils.fail(f"--reptile-inner-optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, "
-                   f"not {cfg.reptile_inner_optimizer!r}")
-    for key in ("k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "hidden_units",
-                "reptile_inner_steps", "eval_steps", "eval_query_points", "log_every",
-                "checkpoint_every"):
-        if getattr(cfg, key) < 1:
-            utils.fail(f"--{key.replace('_', '-')} must be at least 1, got {getattr(cfg, key)}")
-    for key in ("meta_lr", "inner_lr", "reptile_inner_lr", "reptile_meta_step"):
-        if not getattr(cfg, key) > 0:
-            utils.fail(f"--{key.replace('_', '-')} must be positive, got {getattr(cfg, key)}")
+    utils.check_settings(
+        cfg, choices=dict(algorithm=ALGORITHMS, reptile_inner_optimizer=INNER_OPTIMIZERS),
+        at_least={key: 1 for key in ("k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "hidden_units",
+                                     "reptile_inner_steps", "eval_steps", "eval_query_points", "log_every",
+                                     "checkpoint_every")},
+        positive=("meta_lr", "inner_lr", "reptile_inner_lr", "reptile_meta_step"))
     if cfg.eval_tasks < 2:
         utils.fail(f"--eval-tasks must be at least 2 for a confidence interval, got {cfg.eval_tasks}")
     try:

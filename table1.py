@@ -241,13 +241,9 @@ def main(argv=None):
     unknown = [c for c in cells if c not in CELLS]
     if unknown:
         utils.fail(f"unknown cell {unknown[0]!r}; the cells are {', '.join(CELLS)}")
-    if cfg.split not in ("paper", "background"):
-        utils.fail(f"--split must be paper or background, not {cfg.split!r}")
-    for key in ("minutes", "iterations", "total_minutes"):
-        if getattr(cfg, key) < 0:
-            utils.fail(f"--{key.replace('_', '-')} must be 0 (none) or positive, got {getattr(cfg, key)}")
-    if cfg.processes < 1 or cfg.evaluate_every < 1:
-        utils.fail("--processes and --evaluate-every must be at least 1")
+    utils.check_settings(cfg, choices=dict(split=("paper", "background")),
+                         at_least=dict(processes=1, evaluate_every=1),
+                         zero_is_off=dict(minutes="none", iterations="the paper's", total_minutes="none"))
     folder = os.path.join(cfg.out_dir, cfg.split)
     os.makedirs(folder, exist_ok=True)
     start = time.monotonic()

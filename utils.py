@@ -31,6 +31,26 @@ def fail(message, code=2):
     sys.exit(code)
 
 
+def check_settings(cfg, choices=None, at_least=None, positive=(), zero_is_off=None):
+    """Stop in one line at the first setting out of its range: choices {key: allowed
+    values}, at_least {key: minimum} (None, the paper's value to come, passes),
+    positive (keys that must be > 0), zero_is_off {key: what 0 means} (>= 0)."""
+    def flag(key):
+        return "--" + key.replace("_", "-")
+    for key, allowed in (choices or {}).items():
+        if getattr(cfg, key) not in allowed:
+            fail(f"{flag(key)} must be one of {', '.join(allowed)}, not {getattr(cfg, key)!r}")
+    for key, minimum in (at_least or {}).items():
+        if getattr(cfg, key) is not None and getattr(cfg, key) < minimum:
+            fail(f"{flag(key)} must be at least {minimum}, got {getattr(cfg, key)}")
+    for key in positive:
+        if not getattr(cfg, key) > 0:
+            fail(f"{flag(key)} must be positive, got {getattr(cfg, key)}")
+    for key, off in (zero_is_off or {}).items():
+        if getattr(cfg, key) < 0:
+            fail(f"{flag(key)} must be 0 ({off}) or positive, got {getattr(cfg, key)}")
+
+
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         fail(message)

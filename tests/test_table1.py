@@ -76,7 +76,7 @@ def test_extrapolation_follows_a_power_law_curve_to_the_published_interval():
 
 @pytest.mark.parametrize("args, message", [
     (["--cells", "maml-6w1s"], "unknown cell 'maml-6w1s'"),
-    (["--split", "omniglot"], "--split must be paper or background"),
+    (["--split", "omniglot"], "--split must be one of paper, background, not 'omniglot'"),
     (["--minutes", "-1"], "--minutes must be 0 (none) or positive"),
 ])
 def test_bad_input_is_one_line(capsys, tmp_path, args, message):
