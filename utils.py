@@ -18,7 +18,7 @@ import torch
 import distributed
 
 # Keys that may be given anew when a run is resumed: where it and its data live,
-# where it runs, and how many tasks its final test uses.
+# where it runs, how many tasks its final test uses, and its time budget.
 RESUME_FREE_KEYS = {"out_dir", "device", "data_dir", "test_tasks", "train_minutes"}
 # Keys that say what this invocation does rather than what the run is.
 INVOCATION_KEYS = {"resume", "eval_only"}
@@ -343,14 +343,14 @@ def pick_device(name):
 
 
 def device_name(device, world_size):
-    """The hardware a run trained on, for its results: GPU model or CPU model, and processes."""
+    """The hardware a run trained on, for its results: GPU or CPU model, and processes."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                    "CPU") if os.path.exists("/proc/cpuinfo") else "CPU"
-        name += f", {torch.get_num_threads()} thread(s) per process"
-    return f"{name}, {world_size} process(es)"
+        return f"{torch.cuda.get_device_name(device)}, {world_size} process(es)"
+    model = "CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    return f"{model}, {torch.get_num_threads()} thread(s) per process, {world_size} process(es)"
 
 
 def plot_with_ci(ax, mean, ci, label, **style):
