@@ -65,6 +65,22 @@ def test_sigterm_stops_the_run_with_a_checkpoint_and_the_table(real_data_dir, tm
     assert "checkpoint saved; continue with" in err and "mlp-5w1s" in (tmp_path / "paper" / "table1.md").read_text()
 
 
+def test_total_minutes_cuts_the_last_budget_and_starts_no_cell_after_it(tmp_path, monkeypatch, capsys):
+    clock, budgets = [0.0], []
+
+    def train_for_its_budget_and_a_half_minute(command):
+        minutes = float(command[command.index("--train-minutes") + 1])
+        budgets.append(minutes)
+        clock[0] += 60 * (minutes + 0.5)
+        return 0, []
+    monkeypatch.setattr(table1, "train", train_for_its_budget_and_a_half_minute)
+    monkeypatch.setattr(table1.time, "monotonic", lambda: clock[0])
+    table1.main(["--cells", "maml-20w1s,maml-20w5s,mlp-5w5s", "--minutes", "3", "--total-minutes", "6",
+                 "--out-dir", str(tmp_path)])
+    assert budgets == pytest.approx([3, 6 - 3.5 - table1.TEST_MINUTES])
+    assert "mlp-5w5s: not started, --total-minutes 6.0 is spent" in capsys.readouterr().out
+
+
 def test_extrapolation_follows_a_power_law_curve_to_the_published_interval():
     rows = [dict(iteration=i, train_seconds=0.5 * i, test_accuracy=1 - 0.1 * (i / 100) ** -0.5)
             for i in (100, 200, 400, 800, 1600)]
