@@ -6,7 +6,8 @@ omniglot_maml.py, then one markdown table and one figure beside the published nu
     python table1.py --cells reptile-5w1s --iterations 6000        # a budget in iterations
     python table1.py --report                                      # only the table and figure of the runs there
 
-Each cell is one run in <out_dir>/<split>/<cell>. Rerunning the command continues
+Cells: maml-, fomaml-, reptile- with 5w1s, 5w5s, 20w1s, 20w5s; mlp-5w1s, mlp-5w5s
+(the "no conv" network). Each cell is one run in <out_dir>/<split>/<cell>. Rerunning the command continues
 unfinished runs (--resume) and skips those whose budget is met; a larger budget
 continues a finished run. Validation and test accuracy are recorded every
 --evaluate-every iterations against iterations and training time (metrics.csv),
@@ -32,7 +33,7 @@ import omniglot_maml  # noqa: E402
 import utils  # noqa: E402
 
 CONFIG = dict(
-    cells="all",                # comma-separated names from CELLS below, or all
+    cells="all",                # comma-separated cells (listed above), or all
     split="paper",              # paper (1100/100/423 characters) | background (images_background/_evaluation)
     minutes=0.0,                # training budget of each cell in minutes (0: none)
     iterations=0,               # meta-iterations of each cell (0: the paper's)
