@@ -7,12 +7,12 @@ omniglot_maml.py, then one markdown table and one figure beside the published nu
     python table1.py --report                                      # only the table and figure of the runs there
 
 Cells: maml-, fomaml-, reptile- with 5w1s, 5w5s, 20w1s, 20w5s; mlp-5w1s, mlp-5w5s
-(the "no conv" network). Each cell is one run in <out_dir>/<split>/<cell>. Rerunning the command continues
-unfinished runs (--resume) and skips those whose budget is met; a larger budget
-continues a finished run. Validation and test accuracy are recorded every
---evaluate-every iterations against iterations and training time (metrics.csv),
-so the table says when each cell first came within the published confidence
-interval. Writes table1.md and table1.png to <out_dir>/<split>.
+(the "no conv" network). Each cell is one run in <out_dir>/<split>/<cell>.
+Rerunning the command continues unfinished runs (--resume) and skips those whose
+budget is met; a larger budget continues a finished run. Validation and test
+accuracy are recorded every --evaluate-every iterations against iterations and
+training time (metrics.csv), so the table says when each cell first came within
+the published confidence interval. Writes table1.md and table1.png to <out_dir>/<split>.
 """
 import csv
 import json
