@@ -67,7 +67,8 @@ CONFIG = dict(
     out_dir="",                 # default: results/omniglot/<algorithm>-<split>-<N>w<K>s-seed<seed>[-<key>=<value>
                                 # for each other setting given on the command line]
     resume=False,               # continue the run in out_dir from its checkpoint
-    eval_only=False,            # only test the run's best checkpoint
+    eval_only=False,            # only test the run's best checkpoint; given other --rotate-test-classes,
+                                # --test-tasks or --test-steps, into results-<key>=<value>.json beside the run's
 )
 # Paper settings. MAML (Finn et al. App. A.1): its code's inner loss is the sum over
 # classes of the mean cross-entropy over shots, i.e. N x the mean cross-entropy;
@@ -89,6 +90,7 @@ MODELS = ("cnn", "maxpool", "mlp")
 REPORTED_STEPS = 10  # test accuracy is reported after 0..max(10, test_steps) steps
 VALIDATION_SEED, TEST_SEED = 1, 2  # the same validation and test tasks for every run
 CHUNK_TASKS = 50  # tasks adapted at once during validation and test (a step of their progress bar)
+TEST_ONLY_KEYS = ("rotate_test_classes", "test_tasks", "test_steps")  # --eval-only may change these
 
 
 def resolve_paper_defaults(cfg):
@@ -150,10 +152,14 @@ def main(argv=None):
         named_keys={"algorithm", "split", "n_way", "k_shot", "seed"})
     checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
     checkpoint = utils.open_run(run_dir, cfg.resume or cfg.eval_only, "omniglot", rank, world_size)
+    retest = {}  # test settings of an --eval-only that differ from the run's own
     if checkpoint:
         # A MAML run may be given more iterations; Reptile's meta step is annealed over them.
-        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG,
-                                   also_free={"meta_iterations"} if cfg.algorithm != "reptile" else set())
+        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG, also_free=(
+            {"meta_iterations"} if cfg.algorithm != "reptile" else set()) | set(TEST_ONLY_KEYS if cfg.eval_only else ()))
+        retest = {key: getattr(cfg, key) for key in TEST_ONLY_KEYS
+                  if cfg.eval_only and getattr(cfg, key) != checkpoint["config"][key]}
+    results_name = "-".join(["results", *(f"{key}={value}" for key, value in retest.items())])
     cfg.out_dir, cfg.world_size = run_dir, world_size
 
     # ---- data ---------------------------------------------------------------
@@ -177,7 +183,8 @@ def main(argv=None):
         print(f"run folder: {run_dir}")
         print(f"device {device}, {world_size} process(es); classes: "
               + ", ".join(f"{p} {s.n_classes}" for p, s in samplers.items()))
-        utils.save_json(vars(cfg), os.path.join(run_dir, "config.json"))
+        if not cfg.eval_only:
+            utils.save_json(vars(cfg), os.path.join(run_dir, "config.json"))
 
     # ---- model --------------------------------------------------------------
     params, forward = build_network(cfg.model, cfg.n_way, torch.Generator().manual_seed(cfg.seed), device)
@@ -328,12 +335,13 @@ def main(argv=None):
     results = {"test": {
         "accuracy": test_accuracy,
         "headline_step": cfg.test_steps, "tasks": cfg.test_tasks, "split": cfg.split,
+        "rotate_test_classes": cfg.rotate_test_classes,
         "best_iteration": best["iteration"], "best_validation_accuracy": best["accuracy"],
         "meta_iterations": trained_iterations, "train_seconds": round(train_seconds, 1)},
         "world_size": world_size, "device": utils.device_name(device, world_size)}
     if rank > 0:
         return results
-    utils.save_json(results, os.path.join(run_dir, "results.json"))
+    utils.save_json(results, os.path.join(run_dir, results_name + ".json"))
     s, diverged = cfg.test_steps, test_accuracy["diverged"][cfg.test_steps]
     print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot, best iteration {best['iteration']}: "
           f"test accuracy after {s} steps {100 * test_accuracy['mean'][s]:.2f} "
@@ -344,8 +352,8 @@ def main(argv=None):
     # ---- plots --------------------------------------------------------------
     plot_training(metrics.read(), cfg.inner_steps, cfg.test_steps, os.path.join(run_dir, "training_curves.png"))
     plot_test_accuracy(results["test"], f"{cfg.algorithm}, {cfg.n_way}-way {cfg.k_shot}-shot, {cfg.split}",
-                       os.path.join(run_dir, "test_accuracy.png"))
-    print(f"results in {run_dir}")
+                       os.path.join(run_dir, results_name.replace("results", "test_accuracy") + ".png"))
+    print(f"results in {run_dir}" + (f" ({results_name}.json)" if retest else ""))
     return results
 
 

@@ -1,10 +1,12 @@
 """Table 1 of Finn et al. 2017, reproduced: every Omniglot cell trained by
-omniglot_maml.py, then one markdown table and one figure beside the published numbers.
+omniglot_maml.py, then one markdown table and one figure beside the published numbers,
+built from the run records kept in the repository.
 
     python table1.py --minutes 30                                  # every cell, 30 minutes of training each
     python table1.py --cells maml-5w1s,fomaml-5w1s --processes 2   # under torchrun, 2 processes
     python table1.py --cells reptile-5w1s --iterations 6000        # a budget in iterations
-    python table1.py --report                                      # only the table and figure of the runs there
+    python table1.py --add results/omniglot/RUN                    # add a finished run of your own
+    python table1.py --report                                      # only rebuild the table and figure
 
 Cells: maml-, fomaml-, reptile- with 5w1s, 5w5s, 20w1s, 20w5s; mlp-5w1s, mlp-5w5s
 (the "no conv" network). Each cell is one run in <out_dir>/<split>/<cell>.
@@ -12,13 +14,24 @@ Rerunning the command continues unfinished runs (--resume) and skips those whose
 budget is met; a larger budget continues a finished run. Validation and test
 accuracy are recorded every --evaluate-every iterations against iterations and
 training time (metrics.csv), so the table says when each cell first came within
-the published confidence interval. Writes table1.md and table1.png to <out_dir>/<split>.
+the published confidence interval.
+
+The table is built from run records alone: config.json, metrics.csv and
+results*.json of each cell in <records>/<split>/<cell> (docs/runs, committed).
+A cell that finishes here, and a run given to --add, is copied there, replacing
+that cell's record. The table and figure go to <records>/<split>/table1.md and
+table1.png; for the repository's own docs/runs and the paper split, the table
+also replaces the block between the table1 markers in README.md.
 """
+import contextlib
 import csv
+import glob
+import io
 import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +57,9 @@ CONFIG = dict(
     data_dir="data/omniglot",   # where the archives are (downloaded if missing)
     extra="",                   # more omniglot_maml.py settings for every run, e.g. "--test-tasks 100"
     out_dir="results/table1",   # the runs go to <out_dir>/<split>/<cell>
-    report=False,               # only write the table and figure of the runs already there
+    records="docs/runs",        # the run records the table is built from: <records>/<split>/<cell>
+    add="",                     # a finished omniglot_maml.py run folder to add to the records, then report
+    report=False,               # only rebuild the table and figure from the records
 )
 WAYS_SHOTS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 # Published test accuracy (%) and its 95% CI: MAML, "no conv" and first-order MAML from
@@ -58,6 +73,11 @@ PUBLISHED = {
 CELLS = {f"{family}-{config}": (family, config, published)
          for family, numbers in PUBLISHED.items() for config, published in zip(WAYS_SHOTS, numbers)}
 TEST_MINUTES = 1.0  # kept free under --total-minutes for a run's start and final test
+ROOT = os.path.dirname(os.path.abspath(__file__))
+README_MARKERS = ("<!-- table1: written by table1.py --report -->", "<!-- table1 end -->")
+RECORD_FILES = ("config.json", "metrics.csv", "results*.json")
+# Settings a row names when a run differs from the paper's (beyond those PAPER_DEFAULTS resolves).
+PAPER_SETTINGS = dict(meta_lr=1e-3, rotate_test_classes=False)
 
 
 def arguments(cell, cfg, minutes, run_dir):
@@ -75,19 +95,57 @@ def arguments(cell, cfg, minutes, run_dir):
     return launcher + ["omniglot_maml.py"] + [str(a) for a in args] + shlex.split(cfg.extra)
 
 
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_run(run_dir):
-    """(config, results or None, metrics rows) of a run folder, None if it has not started."""
+    """(config, results or None, metrics rows, {results file: results} of other test
+    protocols) of a run folder or record, None if it has not started."""
     if not os.path.exists(os.path.join(run_dir, "metrics.csv")):
         return None
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = json.load(f)
-    results = None
-    if os.path.exists(os.path.join(run_dir, "results.json")):
-        with open(os.path.join(run_dir, "results.json")) as f:
-            results = json.load(f)
-    with open(os.path.join(run_dir, "metrics.csv"), newline="") as f:
-        rows = [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(f)]
-    return config, results, rows
+    results_path = os.path.join(run_dir, "results.json")
+    results = read_json(results_path) if os.path.exists(results_path) else None
+    others = {os.path.basename(path): read_json(path)
+              for path in sorted(glob.glob(os.path.join(run_dir, "results-*.json")))}
+    rows = utils.read_metrics(os.path.join(run_dir, "metrics.csv"))
+    return read_json(os.path.join(run_dir, "config.json")), results, rows, others
+
+
+def cell_of(config):
+    """The Table 1 cell an omniglot_maml.py run's config trains, or None."""
+    family = "mlp" if config.get("model") == "mlp" else config.get("algorithm")
+    size = next((name for name, ways_shots in WAYS_SHOTS.items()
+                 if ways_shots == (config.get("n_way"), config.get("k_shot"))), None)
+    cell = f"{family}-{size}"
+    if cell in CELLS and config.get("model") in ("cnn", "mlp") and (family != "mlp" or config["algorithm"] == "maml"):
+        return cell
+    return None
+
+
+def record(run_dir, records, split, cell):
+    """Copy a finished run's text records into <records>/<split>/<cell>, replacing that cell's."""
+    target = os.path.join(records, split, cell)
+    shutil.rmtree(target, ignore_errors=True)
+    os.makedirs(target)
+    for pattern in RECORD_FILES:
+        for path in glob.glob(os.path.join(run_dir, pattern)):
+            shutil.copyfile(path, os.path.join(target, os.path.basename(path)))
+    return target
+
+
+def add(run_dir, records):
+    """--add: the records of a finished run of a Table 1 cell; the split it was run on."""
+    if not os.path.exists(os.path.join(run_dir, "results.json")):
+        utils.fail(f"{run_dir} holds no finished run (no results.json): finish it first (--resume)")
+    config = read_json(os.path.join(run_dir, "config.json"))
+    cell = cell_of(config)
+    if cell is None:
+        utils.fail(f"{run_dir} is not a Table 1 cell ({config.get('algorithm')}, {config.get('model')}, "
+                   f"{config.get('n_way')}-way {config.get('k_shot')}-shot); the cells are {', '.join(CELLS)}")
+    print(f"{cell}: the records of {run_dir} are now in {record(run_dir, records, config['split'], cell)}")
+    return config["split"]
 
 
 def budget_met(run, cfg, minutes):
@@ -120,14 +178,18 @@ def first_within(rows, published):
     """(iteration, minutes) of the first test-curve point at or above the published CI's lower end."""
     low = published[0] - published[1]
     return next(((r["iteration"], r["train_seconds"] / 60) for r in rows
-                 if r["test_accuracy"] is not None and 100 * r["test_accuracy"] >= low), None)
+                 if finite(r["test_accuracy"]) and 100 * r["test_accuracy"] >= low), None)
+
+
+def finite(value):
+    return value is not None and math.isfinite(value)
 
 
 def extrapolated(rows, published):
     """(iterations, minutes) at which a power law in iterations fitted to the test error
     of the second half of the test curve reaches the published CI's lower end; None
     when there are fewer than 3 such points or the error hardly falls."""
-    tested = [r for r in rows if r["test_accuracy"] is not None]
+    tested = [r for r in rows if finite(r["test_accuracy"])]
     late = tested[len(tested) // 2:]
     if len(late) < 3:
         return None
@@ -139,7 +201,14 @@ def extrapolated(rows, published):
     return iterations, iterations * late[-1]["train_seconds"] / late[-1]["iteration"] / 60
 
 
-def protocol_notes(cell, config, results):
+def headline(test):
+    """Test accuracy (%) at the headline step, mean ± 95% CI, and the task count when not 600."""
+    step = test["headline_step"]
+    text = f"{100 * test['accuracy']['mean'][step]:.2f} ± {100 * test['accuracy']['ci95'][step]:.2f}"
+    return text + (f" ({test['tasks']} tasks)" if test["tasks"] != 600 else "")
+
+
+def protocol_notes(cell, config, results, others):
     family = CELLS[cell][0]
     paper = omniglot_maml.PAPER_DEFAULTS[("reptile" if family == "reptile" else "maml", config["n_way"])]
     trained, planned = results["test"]["meta_iterations"], config["meta_iterations"]
@@ -151,22 +220,34 @@ def protocol_notes(cell, config, results):
             notes.append(f"meta step annealed to 0 over {planned:,} iterations")
     notes.append("1100 train + 100 validation characters (paper: 1200 train)" if config["split"] == "paper"
                  else "background/evaluation alphabets (paper: 1200/423 random characters)")
+    paper_values = {**{k: v for k, v in paper.items() if k != "meta_iterations"}, **PAPER_SETTINGS}
+    notes += [f"{key} {config[key]} (paper: {value})" for key, value in paper_values.items()
+              if key in config and config[key] != value]
+    for other in others.values():
+        test = other["test"]
+        protocol = ["test classes rotated (the official code's protocol)"] if test.get("rotate_test_classes") else []
+        protocol += [f"{test['headline_step']} steps"] if test["headline_step"] != results["test"]["headline_step"] \
+            else []
+        notes.append(f"{', '.join(protocol) or 'tested again'}: {headline(test)}")
     return "; ".join(notes)
 
 
-def report(cfg, folder):
+def table(records, split):
+    """The markdown table of the records of a split, and the runs it read."""
+    folder = os.path.join(records, split)
     runs = {cell: read_run(os.path.join(folder, cell)) for cell in CELLS}
+    lost_path = os.path.join(folder, "lost.json")
+    lost = read_json(lost_path) if os.path.exists(lost_path) else {}
     lines = ["| cell | published | ours (95% CI) | iterations | training time | device | "
              "first within published CI | protocol notes |", "|---|---|---|---|---|---|---|---|"]
     for cell, (family, config, published) in CELLS.items():
         run = runs[cell]
         if run is None or run[1] is None:
-            lines.append(f"| {cell} | {published[0]} ± {published[1]} | not run | | | | | |")
+            missing = f"records lost ({lost[cell]}); rerun the cell" if cell in lost else "not run"
+            lines.append(f"| {cell} | {published[0]} ± {published[1]} | {missing} | | | | | |")
             continue
-        config, results, rows = run
-        test, step = results["test"], results["test"]["headline_step"]
-        ours = f"{100 * test['accuracy']['mean'][step]:.2f} ± {100 * test['accuracy']['ci95'][step]:.2f}"
-        ours += f" ({test['tasks']} tasks)" if test["tasks"] != 600 else ""
+        config, results, rows, others = run
+        test = results["test"]
         reached, estimate = first_within(rows, published), extrapolated(rows, published)
         if reached:
             reached = f"iteration {reached[0]:,.0f} ({reached[1]:.1f} min)"
@@ -174,52 +255,87 @@ def report(cfg, folder):
             reached = f"not yet; extrapolated: ~{estimate[0]:,.0f} iterations (~{estimate[1] / 60:.1f} h on its device)"
         else:
             reached = "not yet"
-        lines.append(f"| {cell} | {published[0]} ± {published[1]} | {ours} | {test['meta_iterations']:,} | "
+        lines.append(f"| {cell} | {published[0]} ± {published[1]} | {headline(test)} | {test['meta_iterations']:,} | "
                      f"{test['train_seconds'] / 60:.1f} min | {results.get('device', '?')} | {reached} | "
-                     f"{protocol_notes(cell, config, results)} |")
-    lines += ["", f"Split: {cfg.split}. Test accuracy of the best-validation parameters on "
+                     f"{protocol_notes(cell, config, results, others)} |")
+    lines += ["", f"Split: {split}. Test accuracy of the best-validation parameters on "
               "600 fixed test tasks (unless said), after 3 steps (5-way) or 5 (20-way), 50 Adam steps for Reptile; "
               "batch norm transductive as in the paper's code; test classes not rotated (the official "
-              "code rotates them). Training time includes validation, not the test-curve points. Extrapolated: a power law "
-              "fitted to the test error of the second half of the test curve, on the run's own device."]
+              "code rotates them) unless a note says so. Training time includes validation, not the test-curve "
+              "points. Extrapolated: a power law fitted to the test error of the second half of the test curve, "
+              "on the run's own device."]
+    return lines, {cell: run for cell, run in runs.items() if run and run[1]}
+
+
+def report(records, split):
+    """Write the table and figure of a split's records; for the repository's own
+    records of the paper split, the README's table block too."""
+    lines, runs = table(records, split)
+    folder = os.path.join(records, split)
+    os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "table1.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    plot_curves({cell: run for cell, run in runs.items() if run}, os.path.join(folder, "table1.png"))
     print("\n".join(lines))
-    print(f"table and figure in {folder}")
+    written = [os.path.join(folder, "table1.md")]
+    if runs:
+        plot_curves(runs, os.path.join(folder, "table1.png"))
+        written.append(os.path.join(folder, "table1.png"))
+    else:
+        print(f"no finished cell has records in {folder}, so no figure")
+    if split == "paper" and os.path.realpath(records) == os.path.join(ROOT, "docs", "runs"):
+        if replace_readme_block(os.path.join(ROOT, "README.md"), lines):
+            written.append("README.md (its Table 1 block)")
+    print(f"table built from the records in {folder}; written: {', '.join(written)}")
+
+
+def replace_readme_block(path, lines):
+    """Put the table between the README's table1 markers; False when it has none."""
+    with open(path) as f:
+        text = f.read()
+    start, end = (text.find(marker) for marker in README_MARKERS)
+    if start < 0 or end < start:
+        return False
+    block = README_MARKERS[0] + "\n" + "\n".join(lines) + "\n"
+    with open(path, "w") as f:
+        f.write(text[:start] + block + text[end:])
+    return True
 
 
 def plot_curves(runs, path):
-    """Per cell: validation and test accuracy against iterations (top) and minutes
-    (bottom), published number as a line; then MAML, FOMAML and Reptile at
-    5-way 1-shot against the same minutes, when two or more of them ran."""
-    if not runs:
-        return
+    """One panel per cell: validation and test accuracy (95% band) against
+    iterations, training minutes on the top axis, the published number and its
+    CI as a line and band; then MAML, FOMAML and Reptile at 5-way 1-shot against
+    the same minutes, when two or more of them ran. Three panels a row."""
     algorithms = [c for c in ("maml-5w1s", "fomaml-5w1s", "reptile-5w1s") if c in runs]
-    columns = len(runs) + (len(algorithms) > 1)
-    fig, axes = plt.subplots(2, columns, figsize=(3.6 * columns, 6.4), squeeze=False)
-    for column, (cell, (_, results, rows)) in enumerate(runs.items()):
+    panels = len(runs) + (len(algorithms) > 1)
+    columns = min(3, panels)
+    rows_of_panels = math.ceil(panels / columns)
+    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(4.2 * columns, 3.6 * rows_of_panels), squeeze=False)
+    axes = axes.flatten()
+    for ax, (cell, (_, results, rows, _)) in zip(axes, runs.items()):
         published = CELLS[cell][2]
-        device = f", {results['device'].split(',')[0]}" if results else ""
-        for row, (key, scale, label) in enumerate([("iteration", 1, "meta-iteration"),
-                                                   ("train_seconds", 60, f"training time (min{device})")]):
-            ax = axes[row][column]
-            for accuracy, name in (("validation_accuracy", "validation (200 tasks)"), ("test_accuracy", "test")):
-                curve_line(ax, rows, key, scale, accuracy, name)
-            ax.axhline(published[0], color="black", linestyle="--", label=f"published {published[0]}")
-            ax.axhspan(published[0] - published[1], published[0] + published[1], color="black", alpha=0.1)
-            lowest = min([100 * r[a] for r in rows for a in ("validation_accuracy", "test_accuracy")
-                          if r[a] is not None], default=100)
-            ax.set(xlabel=label, ylabel="accuracy (%)", title=cell, ylim=(max(0, min(published[0] - 20, lowest - 2)), 100.5))
-            ax.legend(fontsize=7, loc="lower right")
+        for accuracy, name in (("validation_accuracy", "validation (200 tasks)"), ("test_accuracy", "test")):
+            curve_line(ax, rows, "iteration", 1, accuracy, name)
+        ax.axhline(published[0], color="black", linestyle="--", label=f"published {published[0]}")
+        ax.axhspan(published[0] - published[1], published[0] + published[1], color="black", alpha=0.1)
+        lowest = min([100 * r[a] for r in rows for a in ("validation_accuracy", "test_accuracy")
+                      if finite(r[a])], default=100)
+        ax.set(xlabel="meta-iteration", ylabel="accuracy (%)", title=f"{cell}, {results['device'].split(',')[0]}",
+               ylim=(max(0, min(published[0] - 20, lowest - 2)), 100.5))
+        seconds_per_iteration = rows[-1]["train_seconds"] / rows[-1]["iteration"]
+        top = ax.secondary_xaxis("top", functions=(lambda i, s=seconds_per_iteration: i * s / 60,
+                                                   lambda m, s=seconds_per_iteration: m * 60 / s))
+        top.set_xlabel("training minutes (mean rate)", fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")
     if len(algorithms) > 1:
-        for row, (accuracy, name) in enumerate((("test_accuracy", "test"), ("validation_accuracy", "validation"))):
-            ax = axes[row][-1]
-            for cell in algorithms:
-                curve_line(ax, runs[cell][2], "train_seconds", 60, accuracy, cell)
-            ax.set(xlabel="training time (min)", ylabel=f"{name} accuracy (%)", title="5-way 1-shot at equal time",
-                   ylim=(60, 100.5))
-            ax.legend(fontsize=7, loc="lower right")
+        ax = axes[len(runs)]
+        for cell in algorithms:
+            curve_line(ax, runs[cell][2], "train_seconds", 60, "test_accuracy", cell)
+        ax.set(xlabel="training time (min)", ylabel="test accuracy (%)", title="5-way 1-shot at equal time",
+               ylim=(60, 100.5))
+        ax.legend(fontsize=8, loc="lower right")
+    for ax in axes[panels:]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -227,7 +343,7 @@ def plot_curves(runs, path):
 
 def curve_line(ax, rows, key, scale, accuracy, label):
     """One accuracy column of metrics.csv against iterations or minutes; the test curve with its 95% band."""
-    points = [r for r in rows if r[accuracy] is not None]
+    points = [r for r in rows if finite(r[accuracy])]
     x, mean = [r[key] / scale for r in points], [100 * r[accuracy] for r in points]
     line, = ax.plot(x, mean, marker="o" if accuracy == "test_accuracy" else None, markersize=3, label=label)
     if accuracy == "test_accuracy" and points:
@@ -236,18 +352,46 @@ def curve_line(ax, rows, key, scale, accuracy, label):
                         color=line.get_color(), alpha=0.2)
 
 
-def main(argv=None):
-    cfg, _ = utils.parse_config(CONFIG, argv, __doc__, comments=utils.config_comments(__file__))
+def check_inputs(cfg):
+    """table1.py's own settings, before any cell starts: one line and exit 2 for a bad one."""
+    utils.check_settings(cfg, choices=dict(split=("paper", "background"), device=("auto", "cpu", "cuda")),
+                         at_least=dict(processes=1, evaluate_every=1),
+                         zero_is_off=dict(minutes="none", iterations="the paper's", total_minutes="none"))
     cells = list(CELLS) if cfg.cells == "all" else cfg.cells.split(",")
     unknown = [c for c in cells if c not in CELLS]
     if unknown:
         utils.fail(f"unknown cell {unknown[0]!r}; the cells are {', '.join(CELLS)}")
-    utils.check_settings(cfg, choices=dict(split=("paper", "background")),
-                         at_least=dict(processes=1, evaluate_every=1),
-                         zero_is_off=dict(minutes="none", iterations="the paper's", total_minutes="none"))
+    try:
+        extra = shlex.split(cfg.extra)
+    except ValueError as error:
+        utils.fail(f"--extra {cfg.extra!r}: {error}")
+    complaint = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(complaint):
+            utils.parse_config(omniglot_maml.CONFIG, extra, types=omniglot_maml.AUTO_TYPES)
+    except SystemExit:
+        utils.fail(f"--extra {cfg.extra!r}: {complaint.getvalue().strip().removeprefix('error: ')}")
+    if os.path.exists(cfg.data_dir) and not os.path.isdir(cfg.data_dir):
+        utils.fail(f"--data-dir {cfg.data_dir} is a file, not a folder")
+    for key in ("out_dir", "records"):
+        folder = getattr(cfg, key)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            utils.fail(f"--{key.replace('_', '-')} {folder}: cannot be made a folder ({error.strerror})")
+        if not os.access(folder, os.W_OK):
+            utils.fail(f"--{key.replace('_', '-')} {folder}: cannot write in it")
+    return cells
+
+
+def main(argv=None):
+    cfg, _ = utils.parse_config(CONFIG, argv, __doc__, comments=utils.config_comments(__file__))
+    cells = check_inputs(cfg)
+    if cfg.add:
+        report(cfg.records, add(cfg.add, cfg.records))
+        return
     folder = os.path.join(cfg.out_dir, cfg.split)
-    os.makedirs(folder, exist_ok=True)
-    start = time.monotonic()
+    start, failed = time.monotonic(), {}
     for cell in [] if cfg.report else cells:
         run_dir = os.path.join(folder, cell)
         minutes = cfg.minutes
@@ -264,11 +408,18 @@ def main(argv=None):
         print(f"{cell}: {' '.join(command)}", flush=True)
         code, stopped = train(command)
         if stopped:
-            report(cfg, folder)
+            report(cfg.records, cfg.split)
             sys.exit(code)
         if code != 0:
+            failed[cell] = code
             print(f"{cell}: the run failed (exit code {code}); going on with the next cell", flush=True)
-    report(cfg, folder)
+        else:
+            print(f"{cell}: records in {record(run_dir, cfg.records, cfg.split, cell)}", flush=True)
+    report(cfg.records, cfg.split)
+    if failed:
+        codes = set(failed.values())
+        print(f"error: {len(failed)} cell(s) failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(codes.pop() if len(codes) == 1 else 1)
 
 
 if __name__ == "__main__":

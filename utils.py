@@ -294,9 +294,13 @@ class MetricsLog:
             csv.DictWriter(f, self.fields).writerow(row)
 
     def read(self):
-        with open(self.path, newline="") as f:
-            return [{k: float(v) if v != "" else math.nan for k, v in r.items()}
-                    for r in csv.DictReader(f)]
+        return read_metrics(self.path)
+
+
+def read_metrics(path):
+    """The rows of a metrics CSV as floats, an empty cell as NaN."""
+    with open(path, newline="") as f:
+        return [{k: float(v) if v != "" else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def summarize(per_task):

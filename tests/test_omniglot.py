@@ -3,6 +3,7 @@ server) and omniglot_maml.py end to end, on the real data when it is here."""
 import csv
 import hashlib
 import http.server
+import json
 import os
 import threading
 import zipfile
@@ -288,6 +289,17 @@ def test_script_trains_and_evaluates_on_synthetic_data(synthetic_dir, tmp_path):
         assert os.path.getsize(out / name) > 0
     again = omniglot_maml.main(["--out-dir", str(out), "--eval-only", "--data-dir", str(synthetic_dir)])
     assert again["test"]["accuracy"] == test["accuracy"]
+
+    # Another test protocol, without retraining: its results go beside the run's, never over them.
+    run_files = {name: (out / name).read_bytes() for name in ("config.json", "metrics.csv", "results.json")}
+    rotated = omniglot_maml.main(["--out-dir", str(out), "--eval-only", "--data-dir", str(synthetic_dir),
+                                  "--rotate-test-classes", "--test-tasks", "10", "--test-steps", "4"])
+    assert {name: (out / name).read_bytes() for name in run_files} == run_files
+    saved = json.loads((out / "results-rotate_test_classes=True-test_tasks=10-test_steps=4.json").read_text())
+    assert saved["test"]["rotate_test_classes"] is True and saved["test"]["tasks"] == 10
+    assert saved["test"]["headline_step"] == 4 and saved["test"]["accuracy"] == rotated["test"]["accuracy"]
+    assert rotated["test"]["accuracy"] != test["accuracy"]
+    assert os.path.getsize(out / "test_accuracy-rotate_test_classes=True-test_tasks=10-test_steps=4.png") > 0
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])

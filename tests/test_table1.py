@@ -1,7 +1,9 @@
 """table1.py: the cells of Table 1 trained on the real data, skipped and continued
-on a rerun, and reported beside the published numbers."""
+on a rerun, recorded, and reported beside the published numbers; the published
+table rebuilt from the committed records."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +20,8 @@ TINY = ["--evaluate-every", "1", "--device", "cpu",
 
 
 def table(out, *args):
-    return subprocess.run([sys.executable, "table1.py", "--out-dir", str(out), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "table1.py", "--out-dir", str(out), "--records", str(out / "records"),
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_cells_run_skip_when_done_continue_with_more_and_report(real_data_dir, tmp_path):
@@ -32,16 +34,73 @@ def test_cells_run_skip_when_done_continue_with_more_and_report(real_data_dir, t
     assert more.returncode == 0, more.stderr[-2000:]
     assert "--resume" in more.stdout and "torch.distributed.run" in more.stdout
 
-    folder = tmp_path / "paper"
-    results = json.loads((folder / "maml-5w1s" / "results.json").read_text())
+    records = tmp_path / "records" / "paper"
+    assert "maml-5w1s: records in" in more.stdout
+    results = json.loads((records / "maml-5w1s" / "results.json").read_text())
     assert results["test"]["meta_iterations"] == 3 and results["world_size"] == 2
-    rows = {line.split(" | ")[0].strip("| "): line for line in (folder / "table1.md").read_text().splitlines()}
+    assert sorted(os.listdir(records / "maml-5w1s")) == ["config.json", "metrics.csv", "results.json"]
+    rows = table_rows(records / "table1.md")
     assert set(table1.CELLS) <= set(rows)
     assert "| 98.7 ± 0.4 |" in rows["maml-5w1s"] and "3 of the paper's 60,000 iterations" in rows["maml-5w1s"]
     assert "(4 tasks)" in rows["maml-5w1s"] and "2 process(es)" in rows["maml-5w1s"]
     assert "| 89.7 ± 1.1 |" in rows["mlp-5w1s"] and "| 2 |" in rows["mlp-5w1s"]
     assert "not run" in rows["maml-20w5s"] and "not run" in rows["reptile-5w1s"]
-    assert os.path.getsize(folder / "table1.png") > 0
+    assert os.path.getsize(records / "table1.png") > 0
+    assert f"written: {records / 'table1.md'}, {records / 'table1.png'}" in more.stdout
+
+    # A run of one's own joins the records, its cell found from its config.
+    shutil.rmtree(records / "mlp-5w1s")
+    added = table(tmp_path, "--add", str(tmp_path / "paper" / "mlp-5w1s"))
+    assert added.returncode == 0, added.stderr[-2000:]
+    assert f"mlp-5w1s: the records of {tmp_path / 'paper' / 'mlp-5w1s'} are now in" in added.stdout
+    assert "| 2 |" in table_rows(records / "table1.md")["mlp-5w1s"]
+
+
+def table_rows(path):
+    return {line.split(" | ")[0].strip("| "): line for line in path.read_text().splitlines()}
+
+
+def test_the_published_table_is_rebuilt_from_the_committed_records(tmp_path):
+    records = tmp_path / "runs"
+    shutil.copytree(os.path.join(ROOT, "docs", "runs"), records)
+    table1.report(str(records), "paper")
+    rebuilt = (records / "paper" / "table1.md").read_text()
+    assert rebuilt == open(os.path.join(ROOT, "docs", "runs", "paper", "table1.md")).read()
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert table1.README_MARKERS[0] + "\n" + rebuilt + table1.README_MARKERS[1] in readme
+    rows, recorded = table_rows(records / "paper" / "table1.md"), 0
+    for cell in os.listdir(records / "paper"):
+        if os.path.exists(records / "paper" / cell / "results.json"):
+            test = json.loads((records / "paper" / cell / "results.json").read_text())["test"]
+            assert f"| {table1.headline(test)} | {test['meta_iterations']:,} |" in rows[cell]
+            recorded += 1
+    assert recorded >= 1
+    assert os.path.getsize(records / "paper" / "table1.png") > 0
+
+
+def test_a_row_names_other_test_protocols_and_settings_that_differ_from_the_paper(tmp_path):
+    folder = tmp_path / "paper" / "maml-5w1s"
+    folder.mkdir(parents=True)
+    config = dict(algorithm="maml", model="cnn", n_way=5, k_shot=1, split="paper", meta_iterations=100,
+                  meta_batch_size=32, inner_lr=0.2, inner_steps=1, test_steps=3, meta_lr=1e-3,
+                  rotate_test_classes=False)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "metrics.csv").write_text("iteration,train_seconds,validation_accuracy,test_accuracy,test_ci95\n"
+                                        "100,60,0.9,0.91,0.01\n")
+
+    def results(mean, rotated):
+        return json.dumps(dict(device="CPU", test=dict(
+            accuracy=dict(mean=[0.2, 0.5, 0.6, mean], ci95=[0.01] * 4), headline_step=3, tasks=600,
+            rotate_test_classes=rotated, meta_iterations=100, train_seconds=60)))
+    (folder / "results.json").write_text(results(0.9123, False))
+    (folder / "results-rotate_test_classes=True.json").write_text(results(0.8987, True))
+    (tmp_path / "paper" / "lost.json").write_text(json.dumps({"maml-5w5s": "97 after 10 iterations"}))
+    table1.report(str(tmp_path), "paper")
+    rows = table_rows(tmp_path / "paper" / "table1.md")
+    assert "| 91.23 ± 1.00 | 100 |" in rows["maml-5w1s"]
+    assert "inner_lr 0.2 (paper: 0.4)" in rows["maml-5w1s"]
+    assert "test classes rotated (the official code's protocol): 89.87 ± 1.00" in rows["maml-5w1s"]
+    assert "records lost (97 after 10 iterations); rerun the cell" in rows["maml-5w5s"]
 
 
 def test_first_point_within_the_published_interval():
@@ -52,7 +111,8 @@ def test_first_point_within_the_published_interval():
 
 
 def test_sigterm_stops_the_run_with_a_checkpoint_and_the_table(real_data_dir, tmp_path):
-    driver = subprocess.Popen([sys.executable, "table1.py", "--out-dir", str(tmp_path), *TINY, "--cells", "mlp-5w1s",
+    driver = subprocess.Popen([sys.executable, "table1.py", "--out-dir", str(tmp_path), "--records",
+                               str(tmp_path / "records"), *TINY, "--cells", "mlp-5w1s",
                                "--data-dir", str(real_data_dir), "--iterations", "100000"],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "paper" / "mlp-5w1s" / "checkpoint.pt"
@@ -63,7 +123,8 @@ def test_sigterm_stops_the_run_with_a_checkpoint_and_the_table(real_data_dir, tm
     out, err = driver.communicate(timeout=120)
     assert driver.returncode == 143, err[-2000:]
     assert "checkpoint saved; continue with" in err and checkpoint.exists()
-    assert "| mlp-5w1s | 89.7 ± 1.1 | not run |" in (tmp_path / "paper" / "table1.md").read_text()  # not finished
+    table_md = tmp_path / "records" / "paper" / "table1.md"
+    assert "| mlp-5w1s | 89.7 ± 1.1 | not run |" in table_md.read_text()  # not finished
 
 
 def test_total_minutes_cuts_the_last_budget_and_starts_no_cell_after_it(tmp_path, monkeypatch, capsys):
@@ -77,7 +138,7 @@ def test_total_minutes_cuts_the_last_budget_and_starts_no_cell_after_it(tmp_path
     monkeypatch.setattr(table1, "train", train_for_its_budget_and_a_half_minute)
     monkeypatch.setattr(table1.time, "monotonic", lambda: clock[0])
     table1.main(["--cells", "maml-20w1s,maml-20w5s,mlp-5w5s", "--minutes", "3", "--total-minutes", "6",
-                 "--out-dir", str(tmp_path)])
+                 "--out-dir", str(tmp_path), "--records", str(tmp_path / "records")])
     assert budgets == pytest.approx([3, 6 - 3.5 - table1.TEST_MINUTES])
     assert "mlp-5w5s: not started, --total-minutes 6.0 is spent" in capsys.readouterr().out
 
@@ -95,6 +156,21 @@ def test_extrapolation_follows_a_power_law_curve_to_the_published_interval():
     (["--cells", "maml-6w1s"], "unknown cell 'maml-6w1s'"),
     (["--split", "omniglot"], "--split must be one of paper, background, not 'omniglot'"),
     (["--minutes", "-1"], "--minutes must be 0 (none) or positive"),
+    (["--device", "gpu"], "--device must be one of auto, cpu, cuda, not 'gpu'"),
+    (["--extra", "--bogus 3"], "--extra '--bogus 3': unrecognized arguments: --bogus 3"),
+    (["--extra", "--test-tasks 'ten"], "No closing quotation"),
+    (["--data-dir", "README.md"], "--data-dir README.md is a file, not a folder"),
+    (["--out-dir", "README.md"], "--out-dir README.md: cannot be made a folder"),
+    (["--add", "docs"], "docs holds no finished run (no results.json)"),
 ])
 def test_bad_input_is_one_line(capsys, tmp_path, args, message):
-    assert message in one_line_exit(capsys, lambda: table1.main([*args, "--out-dir", str(tmp_path)]))
+    assert message in one_line_exit(capsys, lambda: table1.main(
+        ["--out-dir", str(tmp_path), "--records", str(tmp_path / "records"), *args]))
+
+
+def test_when_every_cell_fails_alike_the_exit_code_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(table1, "train", lambda command: (2, []))
+    with pytest.raises(SystemExit) as stop:
+        table1.main(["--cells", "maml-5w1s,mlp-5w1s", "--out-dir", str(tmp_path), "--records", str(tmp_path / "r")])
+    assert stop.value.code == 2
+    assert "2 cell(s) failed: maml-5w1s, mlp-5w1s" in capsys.readouterr().err
