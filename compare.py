@@ -9,12 +9,15 @@ accuracy after each run's headline step count. Settings that differ between
 the runs are listed under the table.
 """
 import argparse
+import itertools
 import json
 import os
+import sys
 
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+plt.rcParams.update({"font.size": 11, "legend.fontsize": 10})
 
 import utils  # noqa: E402
 
@@ -66,13 +69,13 @@ def sinusoid(runs, figure):
             cells = " | ".join(cell(by_k[k], s) for s in TABLE_STEPS)
             print(f"| {method} | {k} | {cells} | {time_cell} |")
     if figure:
-        fig, axes = plt.subplots(1, len(k_shots), figsize=(4 * len(k_shots), 3.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(k_shots), figsize=(4.5 * len(k_shots), 4), squeeze=False)
         for ax, k in zip(axes[0], k_shots):
-            for method, (by_k, _) in curves.items():
-                utils.plot_with_ci(ax, by_k[k]["mean"], by_k[k]["ci95"], method)
-            ax.set(title=f"K = {k}: mean, 95% CI over the test tasks", xlabel="gradient steps", ylabel="query MSE")
+            for (method, (by_k, _)), style in zip(curves.items(), itertools.cycle(utils.LINE_STYLES)):
+                utils.plot_with_ci(ax, by_k[k]["mean"], by_k[k]["ci95"], method, **style)
+            ax.set(title=f"K = {k}: mean, 95% CI", xlabel="gradient steps", ylabel="query MSE")
             utils.log_scale_if_possible(ax)
-            ax.legend(fontsize=8)
+            ax.legend()
         save(fig, figure)
 
 
@@ -87,12 +90,12 @@ def omniglot(runs, figure):
               f"{config['n_way']}-way {config['k_shot']}-shot | {test['meta_iterations']} | "
               f"{test['train_seconds'] / 60:.1f} min | {mean[s]:.2f} ± {ci[s]:.2f}% | {s} |")
     if figure:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for (results, config), run_dir in runs:
-            utils.plot_with_ci(ax, *utils.percent(results["test"]["accuracy"]), name(run_dir))
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for ((results, config), run_dir), style in zip(runs, itertools.cycle(utils.LINE_STYLES)):
+            utils.plot_with_ci(ax, *utils.percent(results["test"]["accuracy"]), name(run_dir), **style)
         ax.set(xlabel="adaptation steps", ylabel="test accuracy (%)",
                title="Omniglot test tasks: mean and 95% CI after each step")
-        ax.legend(fontsize=8)
+        ax.legend()
         save(fig, figure)
 
 
@@ -110,7 +113,7 @@ def differing_settings(runs):
 
 def save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"\nfigure: {path}")
 
@@ -121,13 +124,19 @@ if __name__ == "__main__":
                                                 "or folders of such runs")
     parser.add_argument("--figure", help="where to save the comparison figure (PNG)")
     args = parser.parse_args()
-    run_dirs = [run for folder in args.runs for run in finished_runs(folder) or [folder]]
-    loaded = []
-    for run_dir in run_dirs:
-        try:
-            loaded.append(load(run_dir))
-        except (OSError, json.JSONDecodeError) as error:
-            parser.error(f"{run_dir} is not a finished run: {error}")
+    run_dirs, loaded = [], []
+    for folder in args.runs:
+        found = finished_runs(folder)
+        if not found:
+            print(f"skipped {folder}: it holds no finished run (no results.json)", file=sys.stderr)
+        for run_dir in found:
+            try:
+                loaded.append(load(run_dir))
+                run_dirs.append(run_dir)
+            except (OSError, json.JSONDecodeError) as error:
+                parser.error(f"{run_dir} is not a finished run: {error}")
+    if not loaded:
+        parser.error("none of the folders given holds a finished run")
     runs = list(zip(loaded, run_dirs))
     if all("mse" in results for results, _ in loaded):
         sinusoid(runs, args.figure)

@@ -35,6 +35,7 @@ import omniglot_data  # noqa: E402
 import utils  # noqa: E402
 
 CONFIG = dict(
+    # The experiment
     algorithm="maml",           # maml (second order) | fomaml (first order) | reptile
     n_way=5,                    # classes per task (N)
     k_shot=1,                   # support images per class; the query set has as many (official code)
@@ -42,18 +43,20 @@ CONFIG = dict(
                                 # alphabets), meta-test on images_evaluation; paper: 1100/100/423
     model="cnn",                # cnn (stride-2 convs, the paper's) | maxpool | mlp (256-128-64-64, "no conv")
     rotate_test_classes=False,  # rotations as new classes for validation/test too (the official code does)
+    # Meta-training (None: the paper's value for the algorithm and N-way, PAPER_DEFAULTS below)
     meta_lr=1e-3,               # Adam, outer loop of maml/fomaml
-    # None: the paper's value for this algorithm and N-way (PAPER_DEFAULTS below).
-    meta_iterations=None,
+    meta_iterations=None,       # meta-updates; a run may be continued to more (not Reptile's: annealed over them)
     meta_batch_size=None,       # tasks per meta-update
     inner_lr=None,              # maml/fomaml: the paper's SGD step, taken as inner_lr x N on the mean
                                 # cross-entropy (the paper's code sums over the N classes); reptile: Adam step
     inner_steps=None,           # adaptation steps in meta-training
     test_steps=None,            # adaptation steps of the headline test accuracy
+    # Reptile
     reptile_train_shots=10,     # images per class of a Reptile meta-training task
     reptile_inner_batch=None,   # images per Reptile inner step in meta-training
     reptile_eval_batch=None,    # images per Reptile inner step at validation/test
     reptile_meta_step=1.0,      # outer step size, annealed linearly to 0
+    # Budget, validation and test
     train_minutes=0.0,          # stop meta-training once this much time is spent (0: no limit)
     log_every=50,               # iterations per metrics.csv row
     validate_every=500,         # iterations between validations (and checkpoints)
@@ -61,8 +64,11 @@ CONFIG = dict(
     test_every=0,               # iterations between tests of the current parameters, for the accuracy-
                                 # against-time curve in metrics.csv (0: only the final test of the best)
     test_tasks=600,             # fixed test tasks of the final test
+    # Where and how it runs
     data_dir="data/omniglot",   # where the two archives are (downloaded if missing) and the cache
     device="auto",              # auto | cpu | cuda
+    threads=0,                  # torch threads per process (0: torch's default, one per core); on a machine
+                                # that other jobs share, 1 (see the README's quick start)
     seed=0,                     # seed of the initial parameters and of the training tasks
     out_dir="",                 # default: results/omniglot/<algorithm>-<split>-<N>w<K>s-seed<seed>[-<key>=<value>
                                 # for each other setting given on the command line]
@@ -91,6 +97,19 @@ REPORTED_STEPS = 10  # test accuracy is reported after 0..max(10, test_steps) st
 VALIDATION_SEED, TEST_SEED = 1, 2  # the same validation and test tasks for every run
 CHUNK_TASKS = 50  # tasks adapted at once during validation and test (a step of their progress bar)
 TEST_ONLY_KEYS = ("rotate_test_classes", "test_tasks", "test_steps")  # --eval-only may change these
+
+
+def paper_values():
+    """--help text of each setting whose default is the paper's value: those values."""
+    texts = {}
+    for key in AUTO_TYPES:
+        families = {}
+        for (family, n_way), values in PAPER_DEFAULTS.items():
+            if key in values:
+                shown = f"{values[key]:,}" if isinstance(values[key], int) else f"{values[key]:g}"
+                families.setdefault("maml/fomaml" if family == "maml" else family, []).append(f"{n_way}-way {shown}")
+        texts[key] = "the paper's: " + "; ".join(f"{family} {', '.join(v)}" for family, v in families.items())
+    return texts
 
 
 def resolve_paper_defaults(cfg):
@@ -141,22 +160,25 @@ def build_network(model, n_way, generator, device):
 
 def main(argv=None):
     # ---- config -------------------------------------------------------------
-    cfg, given = utils.parse_config(CONFIG, argv, __doc__, types=AUTO_TYPES, comments=utils.config_comments(__file__))
+    cfg, given = utils.parse_config(CONFIG, argv, __doc__, types=AUTO_TYPES,
+                                    comments=utils.config_comments(__file__), none_means=paper_values())
     resolve_paper_defaults(cfg)
     validate(cfg)
+    utils.use_threads(cfg.threads)
     rank, world_size, device = distributed.setup(utils.pick_device(cfg.device))  # 1 process unless torchrun
     utils.check_tasks_per_process(world_size, meta_batch_size=cfg.meta_batch_size,
                                   validation_tasks=cfg.validation_tasks, test_tasks=cfg.test_tasks)
+    # A MAML run may be continued to more iterations; Reptile's meta step is annealed over them.
+    budget_keys = {"meta_iterations"} if cfg.algorithm != "reptile" else set()
     run_dir = cfg.out_dir or utils.default_run_dir(
         "omniglot", f"{cfg.algorithm}-{cfg.split}-{cfg.n_way}w{cfg.k_shot}s-seed{cfg.seed}", cfg, given,
-        named_keys={"algorithm", "split", "n_way", "k_shot", "seed"})
+        named_keys={"algorithm", "split", "n_way", "k_shot", "seed"}, also_free=budget_keys)
     checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
     checkpoint = utils.open_run(run_dir, cfg.resume or cfg.eval_only, "omniglot", rank, world_size)
     retest = {}  # test settings of an --eval-only that differ from the run's own
     if checkpoint:
-        # A MAML run may be given more iterations; Reptile's meta step is annealed over them.
-        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG, also_free=(
-            {"meta_iterations"} if cfg.algorithm != "reptile" else set()) | set(TEST_ONLY_KEYS if cfg.eval_only else ()))
+        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG,
+                                   also_free=budget_keys | set(TEST_ONLY_KEYS if cfg.eval_only else ()))
         retest = {key: getattr(cfg, key) for key in TEST_ONLY_KEYS
                   if cfg.eval_only and getattr(cfg, key) != checkpoint["config"][key]}
     results_name = "-".join(["results", *(f"{key}={value}" for key, value in retest.items())])
@@ -200,6 +222,7 @@ def main(argv=None):
         start, train_seconds, best = checkpoint["iteration"], checkpoint["train_seconds"], checkpoint["best"]
         if rank == 0:  # best.pt is written just after the checkpoint: a kill in between leaves it stale
             utils.save_checkpoint(best, best_path)
+            print(f"resumed from iteration {start}")
 
     grouping = meta_learning.task_grouping(device, cfg.meta_batch_size, 2 * cfg.n_way * cfg.k_shot)
     if cfg.algorithm == "reptile":
@@ -238,6 +261,7 @@ def main(argv=None):
                     dynamic_ncols=True, disable=rank > 0 or not training)
     window_start = time.perf_counter()
     trained_iterations = start
+    forecast = utils.DurationForecast(start, cfg.meta_iterations)
 
     def save_checkpoint(done, seconds):
         utils.save_checkpoint(dict(
@@ -275,6 +299,8 @@ def main(argv=None):
         window_accuracy.append(accuracy(predictions, labels) * share_of_batch)
 
         done = iteration + 1
+        if rank == 0:
+            forecast.update(done)
         over_budget = 0 < 60 * cfg.train_minutes <= train_seconds + time.perf_counter() - window_start
         # Several processes must stop together: they agree to at a metrics row (every log_every iterations).
         out_of_time = over_budget and world_size == 1
@@ -348,6 +374,7 @@ def main(argv=None):
           f"± {100 * test_accuracy['ci95'][s]:.2f}% "
           f"({cfg.test_tasks} tasks{f'; diverged on {diverged} of them' if diverged else ''}); "
           f"trained {train_seconds:.0f} s")
+    utils.print_accuracy_by_step(test_accuracy, cfg.test_tasks, cfg.test_steps)
 
     # ---- plots --------------------------------------------------------------
     plot_training(metrics.read(), cfg.inner_steps, cfg.test_steps, os.path.join(run_dir, "training_curves.png"))

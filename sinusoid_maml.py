@@ -31,27 +31,31 @@ import models  # noqa: E402
 import utils  # noqa: E402
 
 CONFIG = dict(
+    # The experiment (the paper's section 5.1)
     algorithm="maml",           # maml (second order) | fomaml (first order) | reptile
     k_shot=10,                  # support points per meta-training task; as many query points
-    meta_iterations=70_000,     # meta-updates (and Adam steps of the pretrained baseline)
+    meta_iterations=70_000,     # meta-updates (and Adam steps of the pretrained baseline); a run may be
+                                # continued to more (not Reptile's: its meta step is annealed over them)
     meta_batch_size=25,         # tasks per meta-update
     meta_lr=1e-3,               # Adam, outer loop of maml/fomaml and the pretrained baseline
     inner_lr=0.01,              # SGD step of the inner loop (and of fine-tuning the baseline)
     inner_steps=1,              # SGD steps in the inner loop during meta-training
     hidden_units=40,            # two hidden layers of this width
-    # Reptile: inner steps on all 2K points of a task, then theta += eps * (phi - theta),
-    # eps annealed linearly from reptile_meta_step to 0. Tested the same way it trains.
+    # Reptile: inner steps on all 2K points, then theta += eps * (phi - theta); tested as it trains
     reptile_inner_optimizer="adam",  # adam (beta1 = 0, as the Reptile paper) | sgd
     reptile_inner_lr=0.01,      # step size of the Reptile inner optimizer
     reptile_inner_steps=10,     # inner steps per task, in training and at test
     reptile_meta_step=1.0,      # eps at the start, annealed linearly to 0
-    # Evaluation: the same seeded test tasks for every run, so runs compare.
+    # Evaluation: the same seeded test tasks for every run, so runs compare
     eval_tasks=600,             # test tasks (sine waves)
     eval_k_shots="5,10,20",     # support points per test task, comma-separated: one test per K
     eval_steps=10,              # report the query MSE after 0..eval_steps SGD steps
     eval_query_points=100,      # query points per test task
     eval_seed=1234,             # seed of the test tasks
+    # The run
     seed=0,                     # seed of the initial parameters and of the training tasks
+    threads=1,                  # torch threads (0: torch's default, one per core); the network is too small
+                                # for more than one to help, and on a shared machine more are much slower
     log_every=100,              # iterations per metrics.csv row
     checkpoint_every=1000,      # iterations between checkpoints
     out_dir="",                 # default: results/sinusoid/<algorithm>-k<k_shot>-seed<seed>[-<key>=<value>
@@ -103,14 +107,18 @@ def main(argv=None):
     # ---- config -------------------------------------------------------------
     cfg, given = utils.parse_config(CONFIG, argv, __doc__, comments=utils.config_comments(__file__))
     validate(cfg)
+    utils.use_threads(cfg.threads)
     rank, world_size, _ = distributed.setup(torch.device("cpu"))  # 1 process unless torchrun
     utils.check_tasks_per_process(world_size, meta_batch_size=cfg.meta_batch_size, eval_tasks=cfg.eval_tasks)
+    # A MAML run may be continued to more iterations; Reptile's meta step is annealed over them.
+    budget_keys = {"meta_iterations"} if cfg.algorithm != "reptile" else set()
     run_dir = cfg.out_dir or utils.default_run_dir("sinusoid", f"{cfg.algorithm}-k{cfg.k_shot}-seed{cfg.seed}", cfg,
-                                                   given, named_keys={"algorithm", "k_shot", "seed"})
+                                                   given, named_keys={"algorithm", "k_shot", "seed"},
+                                                   also_free=budget_keys)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     checkpoint = utils.open_run(run_dir, cfg.resume, "sinusoid", rank, world_size)
     if checkpoint:
-        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG)
+        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG, also_free=budget_keys)
     cfg.out_dir, cfg.world_size = run_dir, world_size
     if rank == 0:
         print(json.dumps(vars(cfg), indent=2))
@@ -135,6 +143,8 @@ def main(argv=None):
         baseline_optimizer.load_state_dict(checkpoint["baseline_optimizer"])
         task_generator.set_state(checkpoint["task_generator"])
         start, train_seconds = checkpoint["iteration"], checkpoint["train_seconds"]
+        if rank == 0:
+            print(f"resumed from iteration {start}")
 
     saved = [start]  # the iteration of the last checkpoint
 
@@ -159,6 +169,7 @@ def main(argv=None):
     progress = tqdm(range(start, cfg.meta_iterations), initial=start, total=cfg.meta_iterations,
                     desc=f"{cfg.algorithm} meta-training", dynamic_ncols=True, disable=rank > 0)
     window_start = time.perf_counter()
+    forecast = utils.DurationForecast(start, cfg.meta_iterations, after=200)
     for iteration in progress:
         utils.stop_if_requested(iteration, lambda: save(iteration, train_seconds + time.perf_counter() - window_start),
                                 "sinusoid_maml.py", argv, rank, world_size, torch.device("cpu"))
@@ -193,6 +204,8 @@ def main(argv=None):
                        f"kept; a smaller --meta-lr or --inner-lr may help", code=1)
 
         done = iteration + 1
+        if rank == 0:
+            forecast.update(done)
         if done % cfg.log_every == 0 or done == cfg.meta_iterations:
             meta_loss_sum, = distributed.sum_across(
                 [torch.tensor(sum(window_meta) / len(window_meta), dtype=torch.float64)], world_size)
@@ -309,10 +322,9 @@ def plot_fits(adaptation, tasks, k, steps, path):
         for task, ax in enumerate(axes[row]):
             ax.plot(grid[task], amplitude[task, 0] * torch.sin(grid[task] - phase[task, 0]),
                     color="red", label="ground truth")
-            for step, style, label in ((0, ":", "pre-update"), (1, "--", "1 grad step"),
-                                       (steps, "-", f"{steps} grad steps")):
-                ax.plot(grid[task], predictions[task, step], style, color="green",
-                        alpha=0.4 + 0.6 * step / steps, label=label)
+            for step, style, color, label in ((0, ":", "dimgray", "pre-update"), (1, "--", "limegreen", "1 grad step"),
+                                              (steps, "-", "darkgreen", f"{steps} grad steps")):
+                ax.plot(grid[task], predictions[task, step], style, color=color, linewidth=2, label=label)
             ax.scatter(x_support[task], y_support[task], color="purple", marker="^",
                        zorder=3, label=f"{k} points used")
             ax.set(title=f"{method}, K = {k}", xlabel="x", ylabel="y", ylim=(-6, 6))

@@ -1,6 +1,8 @@
 """Run machinery shared by both experiments: command-line config, run folders,
 atomic checkpoints, metrics CSV, confidence intervals and plots."""
 import argparse
+import atexit
+import contextlib
 import csv
 import fcntl
 import json
@@ -10,16 +12,21 @@ import pickle
 import shlex
 import signal
 import sys
+import time
+import tokenize
 import zipfile
 from types import SimpleNamespace
 
 import torch
+import tqdm
+from matplotlib import ticker
 
 import distributed
 
 # Keys that may be given anew when a run is resumed: where it and its data live,
-# where it runs, how many tasks its final test uses, and its time budget.
-RESUME_FREE_KEYS = {"out_dir", "device", "data_dir", "test_tasks", "train_minutes"}
+# where and on how many threads it runs, how many tasks its final test uses, and its
+# time budget. They are not part of a run's default folder name.
+RESUME_FREE_KEYS = {"out_dir", "device", "threads", "data_dir", "test_tasks", "train_minutes"}
 # Keys that say what this invocation does rather than what the run is.
 INVOCATION_KEYS = {"resume", "eval_only"}
 
@@ -94,6 +101,8 @@ def stop_if_requested(iteration, save, script, argv, rank, world_size, device):
         return
     if rank == 0:
         save()
+        for bar in list(tqdm.tqdm._instances):  # closed now, so that none is redrawn after the message
+            bar.close()
         launcher = "python" if world_size == 1 else f"torchrun --nproc-per-node {world_size}"
         argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
         command = " ".join([launcher, script, *map(shlex.quote, argv), "--resume"])
@@ -109,48 +118,67 @@ def _finite_float(text):
 
 
 def config_comments(script):
-    """{key: its comment} for the `CONFIG = dict(...)` block of a script: the
-    comment after the key, continued by deeper-indented comment lines below it;
-    a comment line at the keys' indentation introduces the key that follows."""
-    comments, key, preamble = {}, None, []
-    with open(script) as f:
-        lines = f.read().split("CONFIG = dict(\n", 1)[1].split("\n)\n", 1)[0].splitlines()
-    for line in lines:
-        text = line.strip()
-        if text.startswith("#"):
-            if key and len(line) - len(line.lstrip()) > 4:
-                comments[key] += " " + text[1:].strip()
+    """Help of each key of a script's `CONFIG = dict(...)` block, read with
+    tokenize: {key: (section, comment)}. A key's comment is the one on its line,
+    continued by comment lines below it indented deeper than the keys; comment
+    lines at the keys' indentation name the section of the keys that follow."""
+    with open(script, "rb") as f:
+        tokens = list(tokenize.tokenize(f.readline))
+    start = next(i for i, t in enumerate(tokens) if t.type == tokenize.NAME and t.string == "CONFIG" and t.start[1] == 0)
+    help_texts, key, key_row, key_column, depth, section, heading = {}, None, 0, 0, 0, "", []
+    for i in range(start, len(tokens)):
+        token = tokens[i]
+        if token.type == tokenize.OP and token.string in "([{":
+            depth += 1
+        elif token.type == tokenize.OP and token.string in ")]}":
+            depth -= 1
+            if depth == 0:
+                break
+        elif depth == 1 and token.type == tokenize.NAME and tokens[i + 1].string == "=":
+            section, heading = (" ".join(heading), []) if heading else (section, heading)
+            key, key_row, key_column = token.string, token.start[0], token.start[1]
+            help_texts[key] = (section, "")
+        elif depth == 1 and token.type == tokenize.COMMENT:
+            text = token.string.lstrip("#").strip()
+            if key is not None and not heading and (token.start[0] == key_row or token.start[1] > key_column):
+                help_texts[key] = (section, f"{help_texts[key][1]} {text}".strip())
             else:
-                preamble.append(text[1:].strip())
-        elif "=" in text:
-            key = text.split("=", 1)[0]
-            comment = text.split("#", 1)[1].strip() if "#" in text else ""
-            comments[key] = " ".join([*preamble, comment]).strip()
-            preamble = []
-    return comments
+                heading.append(text)
+    return help_texts
 
 
-def parse_config(defaults, argv, description="", types=None, comments=None):
+def parse_config(defaults, argv, description="", types=None, comments=None, none_means=None):
     """Override the plain values of `defaults` with `--name value` arguments
     (underscores written as dashes). A flag's type is its default's type, or
     types[key] for a default of None; a boolean may also be given bare
-    (`--resume`); --help shows each flag with its comment (config_comments) and
-    default. Returns the config as a namespace and the set of keys given on the
-    command line."""
+    (`--resume`); --help shows each flag in its section with its comment
+    (config_comments) and default (none_means[key] for a default of None).
+    Returns the config as a namespace and the set of keys given on the command line."""
     parser = _OneLineParser(description=description, argument_default=argparse.SUPPRESS,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    sections = {"": parser}
     for key, default in defaults.items():
         flag = "--" + key.replace("_", "-")
-        shown = "the paper's value for the algorithm and N-way" if default is None else repr(default)
-        text = f"{(comments or {}).get(key, '')} (default: {shown})".strip().replace("%", "%%")
+        section, comment = (comments or {}).get(key, ("", ""))
+        if section not in sections:
+            sections[section] = parser.add_argument_group(section)
+        shown = (none_means or {}).get(key, "the paper's value") if default is None else repr(default)
+        text = f"{comment} (default: {shown})".strip().replace("%", "%%")
         if isinstance(default, bool):
-            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, metavar="BOOL", help=text)
+            sections[section].add_argument(flag, type=_parse_bool, nargs="?", const=True, metavar="BOOL", help=text)
         else:
             value_type = type(default) if default is not None else types[key]
-            parser.add_argument(flag, type=_finite_float if value_type is float else value_type,
-                                metavar=value_type.__name__.upper(), help=text)
+            sections[section].add_argument(flag, type=_finite_float if value_type is float else value_type,
+                                           metavar=value_type.__name__.upper(), help=text)
     given = vars(parser.parse_args(argv))
     return SimpleNamespace(**{**defaults, **given}), set(given)
+
+
+def use_threads(threads):
+    """torch's thread count for this process: `threads`, or torch's default (one per
+    core, or OMP_NUM_THREADS) for 0."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 _held_locks = {}  # run folder: its open lock file; a run holds its folder until its process ends
@@ -160,10 +188,16 @@ def prepare_run_dir(run_dir, resume):
     """Create the run folder and lock it for this process (the operating system
     drops the lock when the process ends, however it ends); refuse a folder that
     another run is using, a started run unless resuming, and a resume without a
-    checkpoint."""
+    checkpoint. A folder made here that holds nothing when the process ends (a
+    start that failed) is removed."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         fail(f"output folder {run_dir} is a file")
+    checkpoint = os.path.join(run_dir, "checkpoint.pt")
+    if resume and not os.path.exists(checkpoint):
+        fail(f"no checkpoint at {checkpoint} to continue from")
     if os.path.realpath(run_dir) not in _held_locks:
+        if not os.path.exists(run_dir):
+            atexit.register(_remove_if_unused, run_dir)
         try:
             os.makedirs(run_dir, exist_ok=True)
             lock = open(os.path.join(run_dir, ".lock"), "w")
@@ -174,12 +208,18 @@ def prepare_run_dir(run_dir, resume):
         except BlockingIOError:
             fail(f"another run is using {run_dir} right now; wait for it or choose another --out-dir")
         _held_locks[os.path.realpath(run_dir)] = lock
-    checkpoint = os.path.join(run_dir, "checkpoint.pt")
-    if resume and not os.path.exists(checkpoint):
-        fail(f"no checkpoint at {checkpoint} to continue from")
     if not resume and os.path.exists(checkpoint):
         fail(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out-dir")
     return run_dir
+
+
+def _remove_if_unused(run_dir):
+    """Remove a run folder that holds nothing but its lock."""
+    with contextlib.suppress(OSError):
+        if set(os.listdir(run_dir)) <= {".lock"}:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(run_dir, ".lock"))
+            os.rmdir(run_dir)
 
 
 def open_run(run_dir, resuming, experiment, rank, world_size):
@@ -205,11 +245,14 @@ def check_tasks_per_process(world_size, **task_counts):
                  f"start at most {count} processes")
 
 
-def default_run_dir(experiment, name, cfg, given, named_keys):
+def default_run_dir(experiment, name, cfg, given, named_keys, also_free=frozenset()):
     """results/<experiment>/<name>, tagged with the settings given on the command
     line that the name does not already say (key=value), so that runs with other
-    settings never land in the same folder."""
-    tags = [f"{key}={getattr(cfg, key)}" for key in sorted(given - named_keys - RESUME_FREE_KEYS - INVOCATION_KEYS)]
+    settings never land in the same folder. Settings that may change when the run
+    is resumed (RESUME_FREE_KEYS and also_free, as for resumed_config) are not in
+    the name: a run continued with more of them stays in its folder, named truly."""
+    tags = [f"{key}={getattr(cfg, key)}"
+            for key in sorted(given - named_keys - RESUME_FREE_KEYS - set(also_free) - INVOCATION_KEYS)]
     return os.path.join("results", experiment, "-".join([name, *tags]))
 
 
@@ -229,7 +272,8 @@ def resumed_config(checkpoint, cfg, given, defaults, also_free=frozenset()):
                  f"its value when the run started: put it back, or start a new run")
     free = {key: value for key, value in vars(cfg).items()
             if key in INVOCATION_KEYS or (key in free_keys and key in given)}
-    return SimpleNamespace(**{**saved, **free})
+    added_since = {key: value for key, value in vars(cfg).items() if key not in saved}
+    return SimpleNamespace(**{**added_since, **saved, **free})
 
 
 def _strict(data):
@@ -329,11 +373,21 @@ def percent(stats):
 
 
 def log_scale_if_possible(ax, axis="y"):
-    """A log scale on an axis that has positive finite data, else a linear one
-    (so that a diverged run still plots)."""
+    """A log scale, with plain tick labels, on an axis whose positive finite data
+    span more than a factor of 10; else a linear one (a narrow range, or a
+    diverged run, still plots)."""
     data = [line.get_ydata() if axis == "y" else line.get_xdata() for line in ax.get_lines()]
-    if any(((d > 0) & torch.isfinite(d)).any() for d in (torch.as_tensor(x, dtype=torch.float64) for x in data)):
+    values = torch.cat([torch.as_tensor(d, dtype=torch.float64).flatten() for d in data]) if data else torch.zeros(0)
+    values = values[torch.isfinite(values) & (values > 0)]
+    if len(values) and values.max() > 10 * values.min():
         ax.set(**{f"{axis}scale": "log"})
+        scale_axis = ax.yaxis if axis == "y" else ax.xaxis
+        scale_axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        scale_axis.set_minor_formatter(ticker.NullFormatter())
+
+
+LINE_STYLES = [dict(linestyle=style, marker=marker) for style, marker in
+               (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v"), ((0, (1, 1)), "P"))]
 
 
 def pick_device(name):
@@ -362,8 +416,36 @@ def plot_with_ci(ax, mean, ci, label, **style):
     steps = range(len(mean))
     mean, ci = (torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
                 for values in (mean, ci))
-    line, = ax.plot(steps, mean, marker="o", markersize=3, label=label, **style)
+    line, = ax.plot(steps, mean, **{"marker": "o", "markersize": 4, **style}, label=label)
     ax.fill_between(steps, mean - ci, mean + ci, alpha=0.2, color=line.get_color())
+
+
+def print_accuracy_by_step(stats, tasks, headline_step):
+    """Test accuracy after each number of adaptation steps, as the paper's figures show it."""
+    print(f"test accuracy (%) after each number of adaptation steps, mean ± 95% CI over {tasks} tasks:")
+    for step, (mean, ci) in enumerate(zip(*percent(stats))):
+        shown = "n/a" if mean is None or ci is None else f"{mean:6.2f} ± {ci:.2f}"
+        print(f"  {step:>3} steps: {shown}" + ("  (the headline)" if step == headline_step else ""))
+
+
+class DurationForecast:
+    """Says once, after the first `after` iterations of this invocation, how long
+    the iterations left will take at the rate measured over them."""
+
+    def __init__(self, start, total, after=20):
+        self.start, self.total, self.after, self.clock = start, total, after, time.perf_counter()
+
+    def update(self, done):
+        if done - self.start == self.after and done < self.total:
+            per_iteration = (time.perf_counter() - self.clock) / self.after
+            tqdm.tqdm.write(f"expected: ~{duration(per_iteration * (self.total - done))} for the "
+                            f"{self.total - done:,} iterations left ({per_iteration:.3g} s per iteration over "
+                            f"the first {self.after}; validation and test come on top)")
+
+
+def duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h"
 
 
 def run_main(main, argv):

@@ -36,3 +36,14 @@ def real_data_dir(tmp_path_factory):
     for name in omniglot_data.RELEASE_MD5:
         os.symlink(os.path.realpath(os.path.join(found[0], name)), data_dir / name)
     return data_dir
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say which tests were skipped for want of the real data, and how to include them."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", [])
+               if "no Omniglot archives" in str(report.longrepr)]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} tests on the real Omniglot data were skipped: no archives in data/omniglot or "
+            f"../shared/omniglot. To include them, put images_background.zip and images_evaluation.zip in "
+            f"data/omniglot (python omniglot_maml.py downloads them there) and run the tests again.")

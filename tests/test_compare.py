@@ -30,9 +30,15 @@ def test_runs_of_one_algorithm_stay_apart_and_the_figure_is_written(tmp_path):
     assert (tmp_path / "cmp.png").stat().st_size > 0
 
 
-def test_a_folder_without_results_is_refused_with_exit_code_2(tmp_path):
+def test_folders_without_a_finished_run_are_skipped_and_named(tmp_path):
     result = compare(tmp_path)
-    assert result.returncode == 2 and "is not a finished run" in result.stderr
+    assert result.returncode == 2 and "none of the folders given holds a finished run" in result.stderr
+    fake_sinusoid_run(tmp_path / "done", "maml", 0.0)
+    (tmp_path / "left-over").mkdir()
+    result = compare(tmp_path / "done", tmp_path / "left-over")
+    assert result.returncode == 0, result.stderr
+    assert f"skipped {tmp_path / 'left-over'}: it holds no finished run" in result.stderr
+    assert "| maml | 5 |" in result.stdout
 
 
 def test_short_runs_every_baseline_differing_settings_and_a_parent_folder(tmp_path):

@@ -356,15 +356,19 @@ def test_a_value_edited_at_the_top_of_the_script_is_refused_on_resume(tmp_path, 
 def test_default_folders_tell_runs_with_other_settings_apart(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     quick = sinusoid_maml.main([*SINE_QUICK])
-    assert os.path.isdir("results/sinusoid/maml-k10-seed0-checkpoint_every=5-eval_k_shots=5-eval_steps=2-"
-                         "eval_tasks=10-meta_iterations=10")
+    folder = "results/sinusoid/maml-k10-seed0-checkpoint_every=5-eval_k_shots=5-eval_steps=2-eval_tasks=10"
+    assert os.path.isdir(folder)
     out = capsys.readouterr().out
     assert "run folder: results/sinusoid/maml-k10-seed0-checkpoint_every=5" in out
-    with open("results/sinusoid/maml-k10-seed0-checkpoint_every=5-eval_k_shots=5-eval_steps=2-eval_tasks=10-"
-              "meta_iterations=10/config.json") as f:
-        assert json.load(f)["out_dir"].startswith("results/sinusoid/maml-k10-seed0-checkpoint_every=5")
-    longer = sinusoid_maml.main([*SINE_QUICK, "--meta-iterations", "15"])  # a new folder, not "already holds a run"
+    with open(f"{folder}/config.json") as f:
+        assert json.load(f)["out_dir"] == folder
+    # A budget is not in the name: more iterations continue the run in its folder, named truly.
+    longer = sinusoid_maml.main([*SINE_QUICK, "--meta-iterations", "15", "--resume"])
     assert longer["meta_iterations"] == 15 and quick["meta_iterations"] == 10
+    assert os.listdir("results/sinusoid") == [os.path.basename(folder)]
+    # Another setting is another run, in another folder; a resume that finds no run leaves nothing behind.
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, "--inner-lr", "0.02", "--resume"]))
+    assert "no checkpoint at" in err and os.listdir("results/sinusoid") == [os.path.basename(folder)]
 
 
 @pytest.mark.parametrize("script", [sinusoid_maml, omniglot_maml])
@@ -377,7 +381,13 @@ def test_help_shows_each_flag_with_its_comment_and_default(script, capsys):
     assert "--resume [BOOL] continue the run in out_dir from its checkpoint (default: False)" in out
     if script is omniglot_maml:
         assert "taken as inner_lr x N on the mean cross-entropy" in out
-        assert "(default: the paper's value for the algorithm and N-way)" in out
+        assert ("--meta-iterations INT meta-updates; a run may be continued to more (not Reptile's: annealed over "
+                "them) (default: the paper's: maml/fomaml 5-way 60,000, 20-way 60,000; reptile 5-way 100,000, "
+                "20-way 200,000)") in out
+        assert "Meta-training (None: the paper's value for the algorithm and N-way, PAPER_DEFAULTS below): --meta-lr" in out
+    else:  # a section's comment heads its flags, glued to none of them
+        assert ("Reptile: inner steps on all 2K points, then theta += eps * (phi - theta); tested as it trains: "
+                "--reptile-inner-optimizer STR adam (beta1 = 0, as the Reptile paper) | sgd (default: 'adam')") in out
 
 
 def test_omniglot_says_what_it_does_while_it_prepares_validates_and_tests(synthetic, tmp_path, capsys):
