@@ -1,7 +1,8 @@
 """Tasks of a meta-batch spread over processes with torch.distributed.
 
-    torchrun --nproc-per-node P script.py ...      # P processes on this machine
-    python script.py ...                           # one process, no process group
+    python distributed.py --processes P script.py ...   # P processes on this machine
+    torchrun --nnodes M --nproc-per-node P ... script.py ...   # on several machines
+    python script.py ...                                # one process, no process group
 
 Every process draws the same tasks from the same generator and works on its
 share of them; the meta-gradients are summed with one all-reduce (gloo on the
@@ -9,9 +10,15 @@ CPU, NCCL on CUDA), each process having already divided by the whole
 meta-batch, so the result is the mean over all tasks. Validation and test tasks
 are shared out the same way and gathered. Process 0 alone writes files.
 """
+import argparse
 import contextlib
 import datetime
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -101,6 +108,34 @@ def from_rank_zero(obj, world_size):
     return box[0]
 
 
+def every_process(obj, world_size):
+    """Every process's obj, in rank order ([obj] with one process)."""
+    if world_size == 1:
+        return [obj]
+    parts = [None] * world_size
+    _collective(dist.all_gather_object, parts, obj)
+    return parts
+
+
+def own_window(windows, rank, world_size, replicated=()):
+    """This process's metric window (a list of values per metric) from a
+    checkpoint's windows of every process: its own, with as many processes as
+    before; otherwise process 0 takes the sums over the old processes and the
+    others zeros, as a metrics row adds up the processes' means, except for the
+    metrics every process holds alike (their indices in replicated), copied."""
+    if len(windows) == world_size:
+        return windows[rank]
+    own = []
+    for index, metric in enumerate(zip(*windows)):  # metric: its values in each old process
+        if index in replicated:
+            own.append(list(metric[0]))
+        elif rank == 0:
+            own.append([sum(values) for values in zip(*metric)])
+        else:
+            own.append([0 * value for value in metric[0]])
+    return own
+
+
 @contextlib.contextmanager
 def rank_zero_first(rank, world_size):
     """Process 0 runs the block (e.g. building a cache) before the others do."""
@@ -117,3 +152,62 @@ def finish():
     if dist.is_initialized():
         _collective(dist.barrier)
         dist.destroy_process_group()
+
+
+# ---- the launcher: P processes on this machine ----------------------------------
+LAUNCHER_ENV = "MAML_LAUNCHER"  # how the processes were started, for the command that continues a run
+FAILURE_GRACE_SECONDS = 10  # the others' time to end by themselves after one process failed
+
+
+def launch(processes, script_and_args):
+    """Start `processes` copies of a script on this machine as one process group,
+    with the environment torchrun gives its workers (one thread each unless
+    OMP_NUM_THREADS says otherwise). Ctrl-C and SIGTERM are passed on to every
+    process once (they run in a session of their own, so that a terminal's Ctrl-C
+    reaches them only through here). Returns the exit code: the signal's (130,
+    143) when every process stopped on it, else that of the first process to
+    fail (the others ended after FAILURE_GRACE_SECONDS), else 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes),
+           LAUNCHER_ENV: f"python distributed.py --processes {processes}"}
+    workers = [subprocess.Popen([sys.executable, *script_and_args], start_new_session=True,
+                                env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+               for rank in range(processes)]
+    received = []
+
+    def pass_on(signum, frame):
+        received.append(signum)
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, pass_on)
+    failed_at = None
+    while any(worker.poll() is None for worker in workers):
+        failures = [w.returncode for w in workers if w.returncode not in (None, 0)]
+        if failures and not received and failed_at is None:
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > FAILURE_GRACE_SECONDS:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+        time.sleep(0.1)
+    codes = [worker.returncode for worker in workers]
+    if received and all(code == 128 + received[0] for code in codes):
+        return 128 + received[0]
+    return next((code if code > 0 else 128 - code for code in codes if code != 0), 0)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Run a script as P processes on this machine "
+                                                 "(python distributed.py --processes 2 omniglot_maml.py ...).")
+    parser.add_argument("--processes", type=int, required=True, help="how many processes")
+    parser.add_argument("script", help="the script, then its own arguments")
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    arguments = parser.parse_args()
+    if arguments.processes < 1:
+        parser.error(f"--processes must be at least 1, got {arguments.processes}")
+    sys.exit(launch(arguments.processes, [arguments.script, *arguments.args]))

@@ -21,6 +21,7 @@ import sys
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -125,11 +126,13 @@ def _preprocess(png_bytes):
 
 
 def _read_image(archive, path, member):
-    """One preprocessed image; a damaged member (bad CRC, unsupported compression,
-    encryption, not a PNG) is a DataError naming the archive and the member."""
+    """One preprocessed image; a damaged member (bad CRC, a corrupt deflate stream,
+    unsupported compression, encryption, not a PNG) is a DataError naming the
+    archive and the member."""
     try:
         return _preprocess(archive.read(member))
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError) as error:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError,
+            RuntimeError) as error:
         raise DataError(f"{path}: cannot read {member} ({str(error).splitlines()[0]})") from None
 
 
@@ -169,7 +172,8 @@ def load_omniglot(data_dir):
     images, names = np.stack(images), np.array(names)
     temporary = cache_path + ".tmp.npz"
     try:
-        np.savez(temporary, images=images, names=names, source=source, preprocessing=PREPROCESSING)
+        np.savez(temporary, images=images, names=names, source=source, preprocessing=PREPROCESSING,
+                 checksum=_checksum(images, names))
         os.replace(temporary, cache_path)
     except OSError as error:  # a read-only data folder still works, only slower to start
         print(f"warning: cannot write the cache {cache_path} ({error.strerror}); continuing without it",
@@ -177,16 +181,28 @@ def load_omniglot(data_dir):
     return images, names
 
 
+def _checksum(images, names):
+    """SHA-256 of the cached arrays' contents, types and shapes."""
+    digest = hashlib.sha256()
+    for array in (images, names):
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def _read_cache(path, source):
-    """The cached arrays, or None when there is no cache or it is stale or damaged."""
+    """The cached arrays, or None when there is no cache or it is stale or damaged
+    (its contents no longer match the checksum written with them)."""
     if not os.path.exists(path):
         return None
     try:
         with np.load(path) as cache:
             if str(cache["source"]) != source or str(cache["preprocessing"]) != PREPROCESSING:
                 return None
-            images, names = cache["images"], cache["names"]
+            images, names, checksum = cache["images"], cache["names"], str(cache["checksum"])
     except Exception:  # any unreadable cache is simply rebuilt
+        return None
+    if images.dtype != np.uint8 or checksum != _checksum(images, names):
         return None
     n_characters = sum(c for _, c in EXPECTED_LAYOUT.values())
     if images.shape != (n_characters, DRAWERS, IMAGE_SIZE, IMAGE_SIZE) or names.shape != (n_characters, 3):

@@ -250,8 +250,9 @@ def main(argv=None):
     share_of_batch = (my_tasks.stop - my_tasks.start) / cfg.meta_batch_size
     # Metrics of the iterations since the last row (a checkpoint keeps them, so that
     # a resumed run logs the rows of an uninterrupted one).
-    window_loss, window_accuracy = ([[t.to(device) for t in w] for w in checkpoint.get("window", ([], []))]
-                                    if checkpoint else ([], []))
+    window_loss, window_accuracy = ([[t.to(device) for t in w] for w in distributed.own_window(
+        checkpoint.get("windows", [checkpoint.get("window", ([], []))]), rank, world_size)]
+        if checkpoint else ([], []))
     budget_spent = 0 < 60 * cfg.train_minutes <= train_seconds
     if budget_spent and rank == 0 and not cfg.eval_only:
         print(f"--train-minutes {cfg.train_minutes}: the run's budget is spent; testing it again")
@@ -263,12 +264,14 @@ def main(argv=None):
     trained_iterations = start
     forecast = utils.DurationForecast(start, cfg.meta_iterations)
 
-    def save_checkpoint(done, seconds):
-        utils.save_checkpoint(dict(
-            experiment="omniglot", config=vars(cfg), defaults=CONFIG, iteration=done, train_seconds=seconds,
-            best=best, params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
-            task_generator=task_generator.get_state(),
-            window=[[t.cpu() for t in window_loss], [t.cpu() for t in window_accuracy]]), checkpoint_path)
+    def save_checkpoint(done, seconds):  # called by every process: the checkpoint holds each one's metric window
+        windows = distributed.every_process([[t.cpu() for t in window_loss], [t.cpu() for t in window_accuracy]],
+                                            world_size)
+        if rank == 0:
+            utils.save_checkpoint(dict(
+                experiment="omniglot", config=vars(cfg), defaults=CONFIG, iteration=done, train_seconds=seconds,
+                best=best, params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
+                task_generator=task_generator.get_state(), windows=windows), checkpoint_path)
 
     for iteration in progress:
         utils.stop_if_requested(iteration, lambda: save_checkpoint(
@@ -340,8 +343,8 @@ def main(argv=None):
         if validating:
             train_seconds += time.perf_counter() - window_start
             trained_iterations = done
+            save_checkpoint(done, train_seconds)
             if rank == 0:
-                save_checkpoint(done, train_seconds)
                 utils.save_checkpoint(best, best_path)  # a copy for users; the checkpoint holds it too
                 progress.set_postfix(val_acc=f"{row['validation_accuracy']:.3f}", best=f"{best['accuracy']:.3f}")
             window_start = time.perf_counter()
@@ -352,6 +355,7 @@ def main(argv=None):
     progress.close()
 
     # ---- meta-test: the best parameters on 600 fixed test tasks -------------
+    utils.stop_at_once_from_now("omniglot_maml.py", argv, rank, world_size)
     if best["params"] is None:  # stopped by a signal before its first validation
         utils.fail(f"{run_dir} has no validated parameters yet: continue it with --resume first")
     best_params = [p.to(device) for p in best["params"]]

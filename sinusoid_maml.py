@@ -148,15 +148,17 @@ def main(argv=None):
 
     saved = [start]  # the iteration of the last checkpoint
 
-    def save(iteration, seconds):
+    def save(iteration, seconds):  # called by every process: the checkpoint holds each one's metric window
         saved[0] = iteration
-        utils.save_checkpoint(dict(
-            experiment="sinusoid", config=vars(cfg), defaults=CONFIG, iteration=iteration, train_seconds=seconds,
-            meta_params=[p.detach() for p in meta_params],
-            baseline_params=[p.detach() for p in baseline_params],
-            meta_optimizer=meta_optimizer.state_dict(),
-            baseline_optimizer=baseline_optimizer.state_dict(),
-            task_generator=task_generator.get_state(), window=[window_meta, window_baseline]), checkpoint_path)
+        windows = distributed.every_process([window_meta, window_baseline], world_size)
+        if rank == 0:
+            utils.save_checkpoint(dict(
+                experiment="sinusoid", config=vars(cfg), defaults=CONFIG, iteration=iteration, train_seconds=seconds,
+                meta_params=[p.detach() for p in meta_params],
+                baseline_params=[p.detach() for p in baseline_params],
+                meta_optimizer=meta_optimizer.state_dict(),
+                baseline_optimizer=baseline_optimizer.state_dict(),
+                task_generator=task_generator.get_state(), windows=windows), checkpoint_path)
 
     # ---- meta-training ------------------------------------------------------
     if rank == 0:
@@ -165,7 +167,10 @@ def main(argv=None):
                                    resume_iteration=start if checkpoint else None)
     k = cfg.k_shot
     # Losses since the last row (a checkpoint keeps them: a resumed run logs the rows of an uninterrupted one).
-    window_meta, window_baseline = checkpoint.get("window", ([], [])) if checkpoint else ([], [])
+    # Every process trains the pretrained baseline on all the tasks: its window is the same in each.
+    window_meta, window_baseline = distributed.own_window(
+        checkpoint.get("windows", [checkpoint.get("window", ([], []))]), rank, world_size, replicated=(1,)) \
+        if checkpoint else ([], [])
     progress = tqdm(range(start, cfg.meta_iterations), initial=start, total=cfg.meta_iterations,
                     desc=f"{cfg.algorithm} meta-training", dynamic_ncols=True, disable=rank > 0)
     window_start = time.perf_counter()
@@ -219,11 +224,11 @@ def main(argv=None):
         if done % cfg.checkpoint_every == 0 or done == cfg.meta_iterations:
             train_seconds += time.perf_counter() - window_start
             window_start = time.perf_counter()
-            if rank == 0:
-                save(done, train_seconds)
+            save(done, train_seconds)
     progress.close()
 
     # ---- evaluation: the same 600 test tasks for every run -----------------
+    utils.stop_at_once_from_now("sinusoid_maml.py", argv, rank, world_size)
     eval_generator = torch.Generator().manual_seed(cfg.eval_seed)
     query_x, query_y, amplitude, phase = sample_sinusoids(
         eval_generator, cfg.eval_tasks, cfg.eval_query_points)

@@ -51,7 +51,7 @@ CONFIG = dict(
     minutes=0.0,                # training budget of each cell in minutes (0: none)
     iterations=0,               # meta-iterations of each cell (0: the paper's)
     total_minutes=0.0,          # stop starting cells after this much time, cutting the last one's budget (0: none)
-    processes=1,                # processes per run (more than 1: torchrun)
+    processes=1,                # processes per run (more than 1: python distributed.py --processes N)
     device="auto",              # auto | cpu | cuda
     evaluate_every=500,         # iterations between validations and points of the test-accuracy curve
     data_dir="data/omniglot",   # where the archives are (downloaded if missing)
@@ -91,7 +91,7 @@ def arguments(cell, cfg, minutes, run_dir):
     args += ["--resume"] if os.path.exists(os.path.join(run_dir, "checkpoint.pt")) else []
     launcher = [sys.executable]
     if cfg.processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(cfg.processes)]
+        launcher += ["distributed.py", "--processes", str(cfg.processes)]
     return launcher + ["omniglot_maml.py"] + [str(a) for a in args] + shlex.split(cfg.extra)
 
 

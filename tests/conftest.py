@@ -9,6 +9,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import omniglot_data  # noqa: E402
 
+# One thread in every part of every test: in this process, in the scripts it starts
+# and in their processes. A run's floating-point result can depend on its thread
+# count (it does on Intel Xeon CPUs with AVX-512), and tests compare runs bit for bit.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
 # Where the real archives may be: where the README tells users to put them, and
 # the shared copy beside the checkout (CI's).
 REAL_DATA_DIRS = [os.path.join(ROOT, "data", "omniglot"), os.path.join(ROOT, "..", "shared", "omniglot")]

@@ -18,7 +18,7 @@ import meta_learning
 import models
 import utils
 from test_meta_learning import PROBLEMS, relative_error
-from conftest import load_file
+from conftest import load_file, metrics_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_SINE = ["--meta-iterations", "30", "--checkpoint-every", "10", "--log-every", "5", "--eval-tasks", "20",
@@ -283,18 +283,55 @@ def test_bad_input_under_torchrun_is_one_line(tmp_path, args, message):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_sigterm_to_torchrun_stops_every_process_at_one_iteration_with_a_checkpoint(tmp_path):
+def launcher(*args, processes=2):
+    return subprocess.run([sys.executable, "distributed.py", "--processes", str(processes), *args], cwd=ROOT,
+                          env=single_thread_env(), capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_launcher_stops_every_process_with_its_code_and_resumes_to_the_same_run(tmp_path, signum):
+    run_dir = tmp_path / "run"
+    args = sine(run_dir, "--meta-iterations", "60", "--checkpoint-every", "10", "--log-every", "7", *SLOW)
+    launch = subprocess.Popen([sys.executable, "distributed.py", "--processes", "2", *args], cwd=ROOT,
+                              env=single_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    launch.send_signal(signum)  # as Ctrl-C or a scheduler would: to the launcher, which passes it on
+    output = launch.communicate(timeout=120)[0]
+    assert launch.returncode == 128 + signum, output[-2000:]
+    stopped_at = load_file(run_dir / "checkpoint.pt")["iteration"]
+    assert 10 <= stopped_at < 60 and "Traceback" not in output
+    assert f"stopped at iteration {stopped_at}, checkpoint saved; continue with: python distributed.py " \
+           f"--processes 2 sinusoid_maml.py" in output
+    resumed = launcher("sinusoid_maml.py", "--resume", "--out-dir", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = launcher(*sine(tmp_path / "straight", "--meta-iterations", "60", "--checkpoint-every", "10",
+                              "--log-every", "7", *SLOW))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert all(torch.equal(a, b) for a, b in zip(final_params(run_dir), final_params(tmp_path / "straight")))
+    # Every process's metric window was in the checkpoint: the row after the stop is the uninterrupted one.
+    assert metrics_rows(run_dir / "metrics.csv") == metrics_rows(tmp_path / "straight" / "metrics.csv")
+
+
+def test_a_resumed_process_takes_its_own_metric_window_or_its_share_of_the_sums():
+    windows = [[[1.0, 2.0], [5.0, 5.0]], [[10.0, 20.0], [5.0, 5.0]]]  # 2 processes: a share, a replicated metric
+    assert distributed.own_window(windows, 1, 2, replicated=(1,)) == [[10.0, 20.0], [5.0, 5.0]]
+    assert distributed.own_window(windows, 0, 1, replicated=(1,)) == [[11.0, 22.0], [5.0, 5.0]]
+    three = [distributed.own_window(windows, rank, 3, replicated=(1,)) for rank in range(3)]
+    assert three == [[[11.0, 22.0], [5.0, 5.0]], [[0.0, 0.0], [5.0, 5.0]], [[0.0, 0.0], [5.0, 5.0]]]
+    # A metrics row sums the processes' means: the same row in any number of processes.
+    assert sum(sum(w[0]) / len(w[0]) for w in three) == sum(sum(w[0]) / len(w[0]) for w in windows)
+
+
+def test_sigterm_to_torchrun_stops_the_workers_with_a_checkpoint_and_torchrun_reports_it(tmp_path):
+    """What torchrun allows: its workers stop cleanly, it then exits 1 with its own report."""
     run_dir = tmp_path / "run"
     args = sine(run_dir, "--meta-iterations", "60", "--checkpoint-every", "10", *SLOW)
     code, output = start_and_kill_after_first_checkpoint(args, run_dir, victim="sigterm")
     stopped_at = load_file(run_dir / "checkpoint.pt")["iteration"]
-    assert 10 <= stopped_at < 60
+    assert 10 <= stopped_at < 60 and code == 1
     assert f"stopped at iteration {stopped_at}, checkpoint saved; continue with: torchrun --nproc-per-node 2 " \
            f"sinusoid_maml.py" in output
     resumed = torchrun("sinusoid_maml.py", "--resume", "--out-dir", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    straight = subprocess.run([sys.executable, *sine(tmp_path / "straight", "--meta-iterations", "60",
-                                                     "--checkpoint-every", "10", *SLOW)],
-                              cwd=ROOT, env=single_thread_env(), capture_output=True, timeout=240)
-    assert straight.returncode == 0
-    assert_same_params(final_params(run_dir), final_params(tmp_path / "straight"))

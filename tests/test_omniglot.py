@@ -90,7 +90,7 @@ def test_unwritable_cache_only_warns(synthetic_dir, monkeypatch, capsys):
     assert not (synthetic_dir / omniglot_data.CACHE_NAME).exists()
 
 
-@pytest.mark.parametrize("damage", ["stale", "truncated", "garbage"])
+@pytest.mark.parametrize("damage", ["stale", "truncated", "garbage", "float64", "zeros"])
 def test_stale_or_damaged_cache_is_rebuilt(synthetic_dir, damage):
     images, _ = omniglot_data.load_omniglot(str(synthetic_dir))
     cache = synthetic_dir / omniglot_data.CACHE_NAME
@@ -99,6 +99,12 @@ def test_stale_or_damaged_cache_is_rebuilt(synthetic_dir, damage):
         os.utime(archive, (1, 1))
     elif damage == "truncated":
         cache.write_bytes(cache.read_bytes()[:1000])
+    elif damage in ("float64", "zeros"):  # the right stamp and shapes, other contents
+        with np.load(cache) as saved:
+            arrays = dict(saved)
+        arrays["images"] = arrays["images"].astype(np.float64) if damage == "float64" else 0 * arrays["images"]
+        with open(cache, "wb") as f:
+            np.savez(f, **arrays)
     else:
         cache.write_bytes(b"not an npz file")
     before = cache.stat().st_mtime_ns, cache.stat().st_size

@@ -174,13 +174,24 @@ def _damage(path, member, kind):
         data_start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
         data[data_start + info.compress_size // 2] ^= 0xFF
         path.write_bytes(bytes(data))
+    elif kind == "deflate":  # the member deflated, its stream corrupt: a zlib error, not a bad CRC
+        with zipfile.ZipFile(path) as archive:
+            entries = {info.filename: archive.read(info) for info in archive.infolist()}
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, content in entries.items():
+                archive.writestr(name, content, zipfile.ZIP_DEFLATED if name == member else zipfile.ZIP_STORED)
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(member)
+        data = bytearray(path.read_bytes())
+        data[info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)] = 0xFF  # a reserved block type
+        path.write_bytes(bytes(data))
     elif kind == "compression":
         _patch_central_directory(path, member, 10, 97)  # a method number zipfile does not know
     else:  # encrypted
         _patch_central_directory(path, member, 8, 0x01)
 
 
-@pytest.mark.parametrize("kind", ["crc", "compression", "encrypted"])
+@pytest.mark.parametrize("kind", ["crc", "deflate", "compression", "encrypted"])
 def test_damaged_archive_member_is_named_in_one_line(synthetic, tmp_path, capsys, kind):
     member = "images_background/Alphabet_1/character02/0005_07.png"
     _damage(synthetic / "images_background.zip", member, kind)
@@ -247,6 +258,28 @@ def test_a_signal_stops_after_the_iteration_with_a_checkpoint_and_resumes_to_the
             assert torch.equal(a, b)
     # Metrics rows too, though rows (every 100) and checkpoints (every 250) do not line up.
     assert (run_dir / "metrics.csv").read_text() == (straight_sine / "metrics.csv").read_text()
+
+
+def test_a_signal_during_the_final_test_stops_at_once_and_the_resume_tests_again(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--meta-iterations", "20", "--checkpoint-every", "20", "--eval-k-shots", "5,10,20,40,80",
+            "--eval-steps", "60", "--out-dir", str(run_dir)]
+    run = subprocess.Popen([sys.executable, "sinusoid_maml.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)  # the final test of 600 tasks has begun
+    run.send_signal(signal.SIGTERM)
+    signalled = time.perf_counter()
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == 143 and time.perf_counter() - signalled < 3 and "Traceback" not in err
+    command = f"python sinusoid_maml.py {' '.join(args)} --resume"
+    assert f"stopped during the final test; the run's training is complete and checkpointed; test it again " \
+           f"with: {command}" in err
+    assert not (run_dir / "results.json").exists()
+    results = sinusoid_maml.main(command.split()[2:])
+    assert results["meta_iterations"] == 20 and (run_dir / "results.json").exists()
 
 
 def test_omniglot_stop_request_writes_every_file_of_the_uninterrupted_run(synthetic, tmp_path, monkeypatch, capsys):
