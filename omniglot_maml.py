@@ -96,6 +96,7 @@ MODELS = ("cnn", "maxpool", "mlp")
 REPORTED_STEPS = 10  # test accuracy is reported after 0..max(10, test_steps) steps
 VALIDATION_SEED, TEST_SEED = 1, 2  # the same validation and test tasks for every run
 CHUNK_TASKS = 50  # tasks adapted at once during validation and test (a step of their progress bar)
+CHECKPOINT_KEYS = ("config", "iteration", "train_seconds", "best", "params", "optimizer", "task_generator")
 TEST_ONLY_KEYS = ("rotate_test_classes", "test_tasks", "test_steps")  # --eval-only may change these
 
 
@@ -174,7 +175,8 @@ def main(argv=None):
         "omniglot", f"{cfg.algorithm}-{cfg.split}-{cfg.n_way}w{cfg.k_shot}s-seed{cfg.seed}", cfg, given,
         named_keys={"algorithm", "split", "n_way", "k_shot", "seed"}, also_free=budget_keys)
     checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
-    checkpoint = utils.open_run(run_dir, cfg.resume or cfg.eval_only, "omniglot", rank, world_size)
+    checkpoint = utils.open_run(run_dir, cfg.resume or cfg.eval_only, "omniglot", rank, world_size,
+                                required=CHECKPOINT_KEYS)
     retest = {}  # test settings of an --eval-only that differ from the run's own
     if checkpoint:
         cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG,
@@ -314,9 +316,7 @@ def main(argv=None):
         losses = torch.stack(window_loss)
         if not torch.isfinite(losses).all():  # the same iteration in every process: they share parameters
             first = done - len(losses) + 1 + int((~torch.isfinite(losses)).nonzero()[0])
-            utils.fail(f"training diverged: the meta-training loss is not finite at iteration {first}; stopped, "
-                       f"its last checkpoint (iteration {trained_iterations}) is kept; a smaller --meta-lr or "
-                       f"--inner-lr may help", code=1)
+            utils.stop_diverged(f"the meta-training loss is not finite at iteration {first}", trained_iterations)
         mean_loss, mean_accuracy, stop = distributed.sum_across(
             [losses.mean(), torch.stack(window_accuracy).mean(),
              torch.tensor(float(over_budget), device=loss.device)], world_size)
@@ -329,6 +329,9 @@ def main(argv=None):
         if validating:
             row["validation_accuracy"] = evaluate(samplers["validation"], cfg.validation_tasks, VALIDATION_SEED,
                                                   cfg.test_steps, params, "validation")[:, -1].nanmean().item()
+            if math.isnan(row["validation_accuracy"]):  # NaN for every task: adaptation diverged on all of them
+                utils.stop_diverged(f"the adaptation diverged on every validation task at iteration {done}",
+                                    trained_iterations)
             if row["validation_accuracy"] > best["accuracy"]:
                 best = dict(accuracy=row["validation_accuracy"], iteration=done,
                             params=[p.detach().cpu().clone() for p in params])
@@ -402,9 +405,7 @@ def plot_training(rows, train_steps, test_steps, path):
                      marker="o", label=f"validation tasks, after {test_steps} steps")
     accuracy_ax.set(xlabel="meta-iteration", ylabel="query accuracy (%)")
     accuracy_ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    utils.save_figure(fig, path)
 
 
 def plot_test_accuracy(test, title, path):
@@ -415,9 +416,7 @@ def plot_test_accuracy(test, title, path):
     ax.axvline(s, color="grey", linestyle=":", label=f"headline: {s} steps")
     ax.set(xlabel="adaptation steps", ylabel="query accuracy (%)", title=title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    utils.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,8 @@ CONFIG = dict(
 )
 ALGORITHMS = ("maml", "fomaml", "reptile")
 INNER_OPTIMIZERS = ("adam", "sgd")
+CHECKPOINT_KEYS = ("config", "iteration", "train_seconds", "meta_params", "baseline_params", "meta_optimizer",
+                   "baseline_optimizer", "task_generator")
 AMPLITUDE_RANGE = (0.1, 5.0)
 PHASE_RANGE = (0.0, math.pi)
 INPUT_RANGE = (-5.0, 5.0)
@@ -116,7 +118,7 @@ def main(argv=None):
                                                    given, named_keys={"algorithm", "k_shot", "seed"},
                                                    also_free=budget_keys)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    checkpoint = utils.open_run(run_dir, cfg.resume, "sinusoid", rank, world_size)
+    checkpoint = utils.open_run(run_dir, cfg.resume, "sinusoid", rank, world_size, required=CHECKPOINT_KEYS)
     if checkpoint:
         cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG, also_free=budget_keys)
     cfg.out_dir, cfg.world_size = run_dir, world_size
@@ -204,9 +206,8 @@ def main(argv=None):
         window_meta.append(meta_loss.item())  # this process's share of the mean
         window_baseline.append(baseline_loss.item())
         if not (math.isfinite(window_meta[-1]) and math.isfinite(window_baseline[-1])):
-            utils.fail(f"training diverged at iteration {iteration + 1} (meta-loss {window_meta[-1]}, pretrained "
-                       f"baseline {window_baseline[-1]}): stopped, its last checkpoint (iteration {saved[0]}) is "
-                       f"kept; a smaller --meta-lr or --inner-lr may help", code=1)
+            utils.stop_diverged(f"the loss is not finite at iteration {iteration + 1} (meta-loss {window_meta[-1]}, "
+                                f"pretrained baseline {window_baseline[-1]})", saved[0])
 
         done = iteration + 1
         if rank == 0:
@@ -288,9 +289,7 @@ def plot_training(rows, algorithm, path):
     ax.set(xlabel="meta-iteration", ylabel="training MSE (mean per metrics row)", title="Sinusoid meta-training")
     utils.log_scale_if_possible(ax)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    utils.save_figure(fig, path)
 
 
 def plot_mse_vs_steps(results, path):
@@ -306,9 +305,7 @@ def plot_mse_vs_steps(results, path):
                ylabel="query MSE")
         utils.log_scale_if_possible(ax)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    utils.save_figure(fig, path)
 
 
 def plot_fits(adaptation, tasks, k, steps, path):
@@ -334,9 +331,7 @@ def plot_fits(adaptation, tasks, k, steps, path):
                        zorder=3, label=f"{k} points used")
             ax.set(title=f"{method}, K = {k}", xlabel="x", ylabel="y", ylim=(-6, 6))
     axes[0, 0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    utils.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import atexit
 import contextlib
 import csv
 import fcntl
+import hashlib
+import io
 import json
 import math
 import os
@@ -17,9 +19,13 @@ import tokenize
 import zipfile
 from types import SimpleNamespace
 
+import matplotlib
 import torch
 import tqdm
 from matplotlib import ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 import distributed
 
@@ -36,6 +42,14 @@ def fail(message, code=2):
     1 for a failure mid-run (on a line of its own, after the progress bar)."""
     print(("\n" if code == 1 else "") + f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def stop_diverged(what, last_checkpoint):
+    """Stop a run whose training diverged, in one line (exit code 1), saying what
+    is kept: its last checkpoint (at iteration last_checkpoint), if it has one."""
+    kept = f"its last checkpoint (iteration {last_checkpoint}) is kept" if last_checkpoint else \
+        "no checkpoint had been written yet"
+    fail(f"training diverged: {what}; stopped, {kept}; a smaller --meta-lr or --inner-lr may help", code=1)
 
 
 def check_settings(cfg, choices=None, at_least=None, positive=(), zero_is_off=None):
@@ -250,14 +264,15 @@ def _remove_if_unused(run_dir):
             os.rmdir(run_dir)
 
 
-def open_run(run_dir, resuming, experiment, rank, world_size):
+def open_run(run_dir, resuming, experiment, rank, world_size, required=()):
     """Process 0 prepares the run folder (prepare_run_dir) and, when resuming,
-    loads the checkpoint of the experiment; every process gets the checkpoint
-    (None for a new run)."""
+    loads the checkpoint of the experiment (load_checkpoint); every process gets
+    the checkpoint (None for a new run)."""
     checkpoint = None
     if rank == 0:
         prepare_run_dir(run_dir, resuming)
-        checkpoint = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"), experiment) if resuming else None
+        checkpoint = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"), experiment, required) \
+            if resuming else None
         before = checkpoint["config"].get("world_size", 1) if checkpoint else world_size
         if before != world_size:
             print(f"resuming a run of {before} process(es) in {world_size}: the tasks are the same, "
@@ -315,26 +330,70 @@ def _strict(data):
     return data
 
 
+def write_file(path, write, mode="w"):
+    """Write a file through write(f) into path.tmp, then rename it into place, so
+    that a kill mid-write never leaves a broken file. A failed write (a full
+    disk) removes the temporary file and stops the run in one line, exit code 1:
+    the files written before, the last checkpoint among them, are intact."""
+    try:
+        with open(path + ".tmp", mode) as f:
+            write(f)
+        os.replace(path + ".tmp", path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(path + ".tmp")
+        fail(f"cannot write {path} ({error.strerror or error}); the files written before it are intact", code=1)
+
+
 def save_json(data, path):
     """Strict JSON (NaN and infinity written as null), written then renamed."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(_strict(data), f, indent=2, allow_nan=False)
-    os.replace(path + ".tmp", path)
+    write_file(path, lambda f: json.dump(_strict(data), f, indent=2, allow_nan=False))
+
+
+def save_figure(fig, path):
+    """A figure as a PNG, written then renamed."""
+    fig.tight_layout()
+    write_file(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
+    plt.close(fig)
+
+
+def _digest(obj, digest):
+    """Feed a checkpoint's contents (dicts, lists, tensors, plain values) into a hash."""
+    if isinstance(obj, dict):
+        digest.update(b"{")
+        for key in sorted(obj, key=repr):
+            digest.update(repr(key).encode())
+            _digest(obj[key], digest)
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"[{len(obj)}".encode())
+        for value in obj:
+            _digest(value, digest)
+    elif isinstance(obj, torch.Tensor):
+        tensor = obj.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        digest.update(repr(obj).encode())
+    return digest
+
+
+def checksum(state):
+    """SHA-256 of a checkpoint's contents, its "checksum" entry left out."""
+    return _digest({k: v for k, v in state.items() if k != "checksum"}, hashlib.sha256()).hexdigest()
 
 
 def save_checkpoint(state, path):
-    """Write then rename, so a kill mid-write never leaves a broken checkpoint;
-    a failed write (a full disk) stops the run in one line, the last checkpoint intact."""
-    try:
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)
-    except (OSError, RuntimeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else str(error).splitlines()[0]
-        fail(f"cannot write {path} ({reason}); the last checkpoint written is intact", code=1)
+    """A checkpoint with the checksum of its contents, written then renamed
+    (write_file): a kill mid-write never leaves a broken one, and a failed write
+    stops the run in one line, the last checkpoint intact."""
+    buffer = io.BytesIO()
+    torch.save({**state, "checksum": checksum(state)}, buffer)
+    write_file(path, lambda f: f.write(buffer.getbuffer()), mode="wb")
 
 
-def load_checkpoint(path, experiment):
-    """A checkpoint written by the `experiment` script (its "experiment" entry)."""
+def load_checkpoint(path, experiment, required=()):
+    """A checkpoint written by the `experiment` script (its "experiment" entry),
+    whole (its checksum matches its contents) and holding the `required` keys."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
@@ -342,6 +401,11 @@ def load_checkpoint(path, experiment):
              f"resume from a copy or start a new run")
     if not isinstance(checkpoint, dict) or checkpoint.get("experiment") != experiment:
         fail(f"{path} belongs to another experiment, not {experiment}")
+    if "checksum" in checkpoint and checkpoint["checksum"] != checksum(checkpoint):
+        fail(f"{path} is damaged (its contents do not match their checksum); resume from a copy or start a new run")
+    missing = [key for key in required if key not in checkpoint]
+    if missing:
+        fail(f"{path} is damaged (it lacks {', '.join(missing)}); resume from a copy or start a new run")
     return checkpoint
 
 
@@ -356,14 +420,19 @@ class MetricsLog:
         if resume_iteration is not None and os.path.exists(path):
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= resume_iteration]
-        with open(path, "w", newline="") as f:
+        def write(f):
             writer = csv.DictWriter(f, fields)
             writer.writeheader()
             writer.writerows(rows)
+        write_file(path, write)
 
     def log(self, **row):
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields).writerow(row)
+        try:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, self.fields).writerow(row)
+        except OSError as error:
+            fail(f"cannot write {self.path} ({error.strerror or error}); the files written before it are intact",
+                 code=1)
 
     def read(self):
         return read_metrics(self.path)

@@ -1,4 +1,5 @@
 """Runs a user can trust (issue 9): reruns, locks, damaged files and places."""
+import errno
 import json
 import math
 import os
@@ -66,20 +67,73 @@ def test_checkpoint_of_another_experiment_is_one_line(tmp_path, capsys):
     assert "belongs to another experiment, not omniglot" in err
 
 
-def test_a_write_that_fails_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
-    save = torch.save
-    saves = {"n": 0}
+class FullDisk:
+    """A file whose writes fail as on a full disk."""
 
-    def save_then_disk_full(obj, path, *a, **kw):
-        saves["n"] += 1
-        if saves["n"] > 1:
-            raise OSError(28, "No space left on device")
-        return save(obj, path, *a, **kw)
+    def __init__(self, f):
+        self.f = f
 
-    monkeypatch.setattr(torch, "save", save_then_disk_full)
+    def write(self, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.mark.parametrize("full_at", ["config.json.tmp", "checkpoint.pt.tmp", "metrics.csv", "results.json.tmp",
+                                     "mse_vs_steps.png.tmp"])
+def test_a_full_disk_at_any_write_is_one_line_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch, full_at):
+    real_open, writes = open, {"n": 0}
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if str(path).endswith(full_at) and mode[0] in "wa":
+            writes["n"] += 1
+            if full_at != "checkpoint.pt.tmp" or writes["n"] > 1:  # the first checkpoint is written
+                return FullDisk(f)
+        return f
+    monkeypatch.setattr("builtins.open", open_on_a_full_disk)
     err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)]), code=1)
-    assert "No space left on device" in err and "checkpoint.pt" in err
-    assert load_file(tmp_path / "checkpoint.pt")["iteration"] == 5
+    assert f"cannot write {tmp_path / full_at.removesuffix('.tmp')} (No space left on device)" in err
+    assert not list(tmp_path.glob("*.tmp"))
+    if full_at == "checkpoint.pt.tmp":
+        assert load_file(tmp_path / "checkpoint.pt")["iteration"] == 5
+
+
+@pytest.mark.parametrize("damage", ["flipped", "missing_key"])
+def test_a_checkpoint_altered_inside_or_lacking_a_key_is_one_line(tmp_path, capsys, damage):
+    sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)])
+    path = tmp_path / "checkpoint.pt"
+    checkpoint = load_file(path)
+    if damage == "flipped":  # eight bytes of one Adam moment changed, the file otherwise whole
+        checkpoint["meta_optimizer"]["state"][0]["exp_avg"].view(-1)[:2] += 1.0
+        torch.save(checkpoint, path)
+        expected = "its contents do not match their checksum"
+    else:
+        del checkpoint["meta_params"], checkpoint["checksum"]
+        torch.save(checkpoint, path)
+        expected = "it lacks meta_params"
+    capsys.readouterr()
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, "--resume", "--out-dir", str(tmp_path)]))
+    assert f"{path} is damaged ({expected})" in err
+
+
+def test_bytes_flipped_in_the_middle_of_a_checkpoint_file_are_one_line(tmp_path, capsys):
+    sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)])
+    path = tmp_path / "checkpoint.pt"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, "--resume", "--out-dir", str(tmp_path)]))
+    assert f"{path} is damaged" in err
 
 
 # ---- run folders ----------------------------------------------------------------
@@ -363,7 +417,7 @@ def test_diverging_training_stops_in_one_line_naming_the_iteration(tmp_path, cap
     err = one_line_exit(capsys, lambda: sinusoid_maml.main(
         ["--meta-lr", "1e30", "--meta-iterations", "50", "--checkpoint-every", "1", "--out-dir", str(tmp_path)]),
         code=1)
-    iteration = int(err.split("training diverged at iteration ")[1].split()[0])
+    iteration = int(err.split("training diverged: the loss is not finite at iteration ")[1].split()[0])
     assert load_file(tmp_path / "checkpoint.pt")["iteration"] == iteration - 1  # the last good one is kept
     assert f"its last checkpoint (iteration {iteration - 1}) is kept" in err
 
@@ -373,6 +427,21 @@ def test_diverging_omniglot_training_stops_in_one_line(synthetic, tmp_path, caps
         [*QUICK, "--n-way", "2", "--inner-lr", "1e30", "--data-dir", str(synthetic), "--out-dir", str(tmp_path)]),
         code=1)
     assert "training diverged: the meta-training loss is not finite at iteration 1" in err
+    assert "no checkpoint had been written yet" in err and "iteration 0" not in err
+
+
+def test_a_validation_that_diverged_on_every_task_stops_the_run_in_one_line(synthetic, tmp_path, capsys,
+                                                                             monkeypatch):
+    evaluate = meta_learning.evaluate_adaptation
+
+    def every_validation_task_diverged(*args, progress=None, **kwargs):
+        per_task = evaluate(*args, progress=progress, **kwargs)
+        return torch.full_like(per_task, float("nan")) if "validation" in (progress or "") else per_task
+    monkeypatch.setattr(meta_learning, "evaluate_adaptation", every_validation_task_diverged)
+    err = one_line_exit(capsys, lambda: omniglot_maml.main(
+        [*QUICK, "--n-way", "2", "--data-dir", str(synthetic), "--out-dir", str(tmp_path)]), code=1)
+    assert "training diverged: the adaptation diverged on every validation task at iteration 2; stopped, " \
+           "no checkpoint had been written yet" in err
 
 
 # ---- configuration --------------------------------------------------------------
