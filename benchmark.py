@@ -1,5 +1,5 @@
 """Seconds per meta-iteration, end to end (task sampling, meta-gradient, Adam
-step), for the per-task loop, the vmapped core of ccb5057 and the core the
+step), for the per-task loop, the vmapped core over the whole meta-batch and the core the
 scripts use now, measured in one process on the same inputs (medians of
 repeated iterations); for Omniglot also the time of the convolutions alone.
 
@@ -48,7 +48,7 @@ TRAIN_CHARACTERS = 1100  # the paper split's meta-training characters
 
 def one_backward(meta_loss_fn):
     """A meta-loss function turned into a meta-gradient function: one backward
-    pass over the whole meta-batch, as the scripts did up to ccb5057."""
+    pass over the whole meta-batch, as the scripts did before grouping tasks."""
     def meta_gradient(forward, loss_fn, params, support, query, steps, lr, first_order):
         loss, predictions = meta_loss_fn(forward, loss_fn, params, support, query, steps, lr, first_order)
         loss.backward()
@@ -59,7 +59,7 @@ def one_backward(meta_loss_fn):
 def implementations(grouping):
     return {
         "loop": one_backward(meta_learning.maml_meta_loss_loop),
-        "vmap (ccb5057)": one_backward(meta_learning.maml_meta_loss),
+        "vmap all at once": one_backward(meta_learning.maml_meta_loss),
         "now": functools.partial(meta_learning.maml_meta_gradient, **grouping),
     }
 
@@ -136,7 +136,7 @@ def sinusoid(device, repeats):
 
 
 def omniglot(device, repeats, configs):
-    print("| Omniglot (paper settings) | order | loop s/iter | vmap (ccb5057) s/iter | now s/iter | "
+    print("| Omniglot (paper settings) | order | loop s/iter | vmap all at once s/iter | now s/iter | "
           "vmap / now | convs alone s | now / convs | now runs |")
     print("|---|---|---|---|---|---|---|---|---|")
     random_images = np.random.default_rng(0).integers(0, 256, (TRAIN_CHARACTERS, omniglot_data.DRAWERS, 28, 28),
@@ -162,7 +162,7 @@ def omniglot(device, repeats, configs):
                     else "task by task")
             print(f"| {name} ({tasks} tasks, {steps} step{'s' if steps > 1 else ''}) | {order} | "
                   + " | ".join(f"{seconds:.4f}" for seconds in t.values())
-                  + f" | {t['vmap (ccb5057)'] / t['now']:.2f}x | {convs:.4f} | {t['now'] / convs:.2f}x | {runs} |",
+                  + f" | {t['vmap all at once'] / t['now']:.2f}x | {convs:.4f} | {t['now'] / convs:.2f}x | {runs} |",
                   flush=True)
 
 
@@ -170,8 +170,7 @@ def omniglot(device, repeats, configs):
 LAUNCHES = {
     "1 process, 1 thread": ([sys.executable], 1),
     "1 process, 2 threads": ([sys.executable], 2),
-    "2 processes (torchrun), 1 thread each":
-        ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"], 1),
+    "2 processes, 1 thread each": ([sys.executable, "distributed.py", "--processes", "2"], 1),
 }
 # Meta-iterations timed per launch: 20 to 50 s of training each on a 2-core CPU.
 PROCESS_ITERATIONS = {"5w1s": 60, "5w5s": 12, "20w1s": 20, "20w5s": 2}

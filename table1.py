@@ -232,8 +232,9 @@ def protocol_notes(cell, config, results, others):
     return "; ".join(notes)
 
 
-def table(records, split):
-    """The markdown table of the records of a split, and the runs it read."""
+def table(records, split, notes=True):
+    """The markdown table of the records of a split (without the protocol notes
+    column and the text under it when notes is False), and the runs it read."""
     folder = os.path.join(records, split)
     runs = {cell: read_run(os.path.join(folder, cell)) for cell in CELLS}
     lost_path = os.path.join(folder, "lost.json")
@@ -258,6 +259,8 @@ def table(records, split):
         lines.append(f"| {cell} | {published[0]} ± {published[1]} | {headline(test)} | {test['meta_iterations']:,} | "
                      f"{test['train_seconds'] / 60:.1f} min | {results.get('device', '?')} | {reached} | "
                      f"{protocol_notes(cell, config, results, others)} |")
+    if not notes:
+        return ["|".join(line.split("|")[:-2]) + "|" for line in lines], None
     lines += ["", f"Split: {split}. Test accuracy of the best-validation parameters on "
               "600 fixed test tasks (unless said), after 3 steps (5-way) or 5 (20-way), 50 Adam steps for Reptile; "
               "batch norm transductive as in the paper's code; test classes not rotated (the official "
@@ -283,7 +286,7 @@ def report(records, split):
     else:
         print(f"no finished cell has records in {folder}, so no figure")
     if split == "paper" and os.path.realpath(records) == os.path.join(ROOT, "docs", "runs"):
-        if replace_readme_block(os.path.join(ROOT, "README.md"), lines):
+        if replace_readme_block(os.path.join(ROOT, "README.md"), table(records, split, notes=False)[0]):
             written.append("README.md (its Table 1 block)")
     print(f"table built from the records in {folder}; written: {', '.join(written)}")
 

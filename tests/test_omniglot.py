@@ -364,9 +364,15 @@ def test_a_finished_run_continues_with_more_iterations_or_minutes(synthetic_dir,
     args = [*QUICK, "--n-way", "2", "--data-dir", str(synthetic_dir)]
     omniglot_maml.main([*args, "--meta-iterations", "6", "--out-dir", str(tmp_path / "straight")])
     omniglot_maml.main([*args, "--out-dir", str(tmp_path / "longer")])
+    capsys.readouterr()
     longer = omniglot_maml.main(["--resume", "--meta-iterations", "6", "--out-dir", str(tmp_path / "longer"),
                                  "--data-dir", str(synthetic_dir)])
     assert longer["test"]["meta_iterations"] == 6
+    out = capsys.readouterr().out
+    assert "resumed from iteration 4" in out
+    assert "test accuracy (%) after each number of adaptation steps, mean ± 95% CI over 8 tasks:" in out
+    mean, ci = longer["test"]["accuracy"]["mean"][3], longer["test"]["accuracy"]["ci95"][3]
+    assert f"    3 steps: {100 * mean:6.2f} ± {100 * ci:.2f}  (the headline)" in out
     for a, b in zip(load_file(tmp_path / "straight" / "checkpoint.pt")["params"],
                     load_file(tmp_path / "longer" / "checkpoint.pt")["params"]):
         assert torch.equal(a, b)

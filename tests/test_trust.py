@@ -532,3 +532,30 @@ def test_eval_only_before_any_validation_is_one_line(synthetic, tmp_path, monkey
     capsys.readouterr()
     err = one_line_exit(capsys, lambda: omniglot_maml.main([*args, "--eval-only"]))
     assert "has no validated parameters yet: continue it with --resume first" in err
+
+
+# ---- what a user reads ----------------------------------------------------------
+@pytest.mark.parametrize("values, log", [([0.7, 1.0, 1.3], False), ([0.01, 1.0, 3.0], True),
+                                         ([float("nan"), 1e-3, 1e4], True), ([float("inf"), -1.0, 5.0], False)])
+def test_a_log_axis_only_for_a_wide_range_and_with_plain_tick_labels(values, log):
+    fig = matplotlib.figure.Figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1, 2], values)
+    utils.log_scale_if_possible(ax)
+    assert ax.get_yscale() == ("log" if log else "linear")
+    if log:
+        fig.canvas.draw()
+        labels = [label.get_text() for label in ax.get_yticklabels() if label.get_text()]
+        assert labels and all("times" not in text and "^" not in text for text in labels)
+
+
+def test_the_expected_duration_is_said_once_after_the_first_iterations(monkeypatch, capsys):
+    clock = [100.0]
+    monkeypatch.setattr(utils.time, "perf_counter", lambda: clock[0])
+    forecast = utils.DurationForecast(start=50, total=1050, after=20)
+    for done in range(51, 100):
+        clock[0] += 0.5
+        forecast.update(done)
+    out = capsys.readouterr().out
+    assert out.count("expected:") == 1
+    assert "expected: ~8 min for the 980 iterations left (0.5 s per iteration over the first 20" in out
