@@ -224,7 +224,7 @@ def main(argv=None):
         start, train_seconds, best = checkpoint["iteration"], checkpoint["train_seconds"], checkpoint["best"]
         if rank == 0:  # best.pt is written just after the checkpoint: a kill in between leaves it stale
             utils.save_checkpoint(best, best_path)
-            print(f"resumed from iteration {start}")
+            print(f"testing the run of {start} iterations" if cfg.eval_only else f"resumed from iteration {start}")
 
     grouping = meta_learning.task_grouping(device, cfg.meta_batch_size, 2 * cfg.n_way * cfg.k_shot)
     if cfg.algorithm == "reptile":

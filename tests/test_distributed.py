@@ -35,8 +35,9 @@ def single_thread_env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
 
 
-def torchrun(*args, nproc=2, extra=(), **kwargs):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), *extra, *args]
+def torchrun(*args, nproc=2, **kwargs):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-port", str(free_port()), *args]
     return subprocess.run(command, cwd=ROOT, env=single_thread_env(), capture_output=True, text=True,
                           timeout=240, **kwargs)
 
@@ -221,7 +222,8 @@ def start_and_kill_after_first_checkpoint(args, run_dir, victim):
     """Start torchrun, wait for the first checkpoint, then SIGKILL `victim`:
     'all' kills the whole launch, 'worker' one worker process only; or send
     torchrun a SIGTERM ('sigterm')."""
-    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *args],
+    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                               "--master-port", str(free_port()), *args],
                               cwd=ROOT, env=single_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     deadline = time.time() + 120
@@ -293,11 +295,13 @@ def test_a_signal_to_the_launcher_stops_every_process_with_its_code_and_resumes_
     run_dir = tmp_path / "run"
     args = sine(run_dir, "--meta-iterations", "60", "--checkpoint-every", "10", "--log-every", "7", *SLOW)
     launch = subprocess.Popen([sys.executable, "distributed.py", "--processes", "2", *args], cwd=ROOT,
-                              env=single_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env=single_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
     deadline = time.time() + 120
     while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
-    launch.send_signal(signum)  # as Ctrl-C or a scheduler would: to the launcher, which passes it on
+    # As a terminal's Ctrl-C (to the whole process group) or a scheduler's SIGTERM would.
+    os.killpg(launch.pid, signum)
     output = launch.communicate(timeout=120)[0]
     assert launch.returncode == 128 + signum, output[-2000:]
     stopped_at = load_file(run_dir / "checkpoint.pt")["iteration"]
