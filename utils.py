@@ -1,5 +1,6 @@
-"""Run machinery shared by both experiments: command-line config, run folders,
-atomic checkpoints, metrics CSV, confidence intervals and plots."""
+"""Run machinery shared by both experiments, one block per concern: errors,
+settings and the command line; run folders and resuming; files written whole;
+signals; training progress; statistics and plots."""
 import argparse
 import atexit
 import contextlib
@@ -37,19 +38,12 @@ RESUME_FREE_KEYS = {"out_dir", "device", "threads", "data_dir", "test_tasks", "t
 INVOCATION_KEYS = {"resume", "eval_only"}
 
 
+# ---- Errors, settings and the command line ---------------------------------------
 def fail(message, code=2):
     """Stop with a one-line error: exit code 2 for bad input (before any work),
     1 for a failure mid-run (on a line of its own, after the progress bar)."""
     print(("\n" if code == 1 else "") + f"error: {message}", file=sys.stderr)
     sys.exit(code)
-
-
-def stop_diverged(what, last_checkpoint):
-    """Stop a run whose training diverged, in one line (exit code 1), saying what
-    is kept: its last checkpoint (at iteration last_checkpoint), if it has one."""
-    kept = f"its last checkpoint (iteration {last_checkpoint}) is kept" if last_checkpoint else \
-        "no checkpoint had been written yet"
-    fail(f"training diverged: {what}; stopped, {kept}; a smaller --meta-lr or --inner-lr may help", code=1)
 
 
 def check_settings(cfg, choices=None, at_least=None, positive=(), zero_is_off=None):
@@ -84,72 +78,6 @@ def _parse_bool(text):
     if value in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-_stop_signal = []  # the signal that asked the run to stop, once one has
-_stop_at_once = []  # once training is over: the line a signal prints as it stops the run at once
-
-
-def stop_on_signals():
-    """From now on SIGINT (Ctrl-C) and SIGTERM ask the training loop to stop after
-    its current iteration (stop_requested); a second one stops at once, and so
-    does the first after stop_at_once_from_now."""
-    def request_stop(signum, frame):
-        if _stop_signal or _stop_at_once:
-            _say_stopped(_stop_at_once[0] if _stop_at_once else "")
-            sys.exit(128 + signum)
-        _stop_signal.append(signum)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, request_stop)
-
-
-def stop_requested():
-    """The exit code a stop asked for by a signal ends with (130 for SIGINT, 143
-    for SIGTERM), or 0 when no signal came."""
-    return 128 + _stop_signal[0] if _stop_signal else 0
-
-
-def _say_stopped(line):
-    if line:
-        for bar in list(tqdm.tqdm._instances):  # closed now, so that none is redrawn after the line
-            bar.close()
-        print(f"\n{line}", file=sys.stderr, flush=True)
-
-
-def continue_command(script, argv, world_size, resume=True):
-    """The command that continues this run: the same launcher, script and
-    arguments, with --resume."""
-    launcher = os.environ.get(distributed.LAUNCHER_ENV) or (
-        "python" if world_size == 1 else f"torchrun --nproc-per-node {world_size}")
-    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
-    return " ".join([launcher, script, *map(shlex.quote, argv), *(["--resume"] if resume else [])])
-
-
-def stop_if_requested(iteration, save, script, argv, rank, world_size, device):
-    """At the top of a training iteration: when a signal has asked any process to
-    stop, all stop here together; every process calls save() (process 0 writes
-    the checkpoint), process 0 says how to continue, and every process exits
-    with the signal's code."""
-    code = distributed.largest(stop_requested(), world_size, device)
-    if not code:
-        return
-    save()
-    if rank == 0:
-        _say_stopped(f"stopped at iteration {iteration}, checkpoint saved; "
-                     f"continue with: {continue_command(script, argv, world_size)}")
-    sys.exit(code)
-
-
-def stop_at_once_from_now(script, argv, rank, world_size):
-    """Once training is over and checkpointed (the final test follows), a signal
-    stops the run at once, saying how to test it again."""
-    evaluating_only = "--eval-only" in (sys.argv[1:] if argv is None else argv)
-    line = (f"stopped during the final test; the run's training is complete and checkpointed; test it again "
-            f"with: {continue_command(script, argv, world_size, resume=not evaluating_only)}") if rank == 0 else ""
-    if _stop_signal:  # a signal came after the last iteration began
-        _say_stopped(line)
-        sys.exit(128 + _stop_signal[0])
-    _stop_at_once[:] = [line]
 
 
 def _finite_float(text):
@@ -223,6 +151,28 @@ def use_threads(threads):
         torch.set_num_threads(threads)
 
 
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        fail(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def device_name(device, world_size):
+    """The hardware a run trained on, for its results: GPU or CPU model, and processes."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, {world_size} process(es)"
+    model = "CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    return f"{model}, {torch.get_num_threads()} thread(s) per process, {world_size} process(es)"
+
+
+# ---- Run folders and resuming ----------------------------------------------------
 _held_locks = {}  # run folder: its open lock file; a run holds its folder until its process ends
 
 
@@ -319,6 +269,7 @@ def resumed_config(checkpoint, cfg, given, defaults, also_free=frozenset()):
     return SimpleNamespace(**{**added_since, **saved, **free})
 
 
+# ---- Files written whole: JSON, figures, checkpoints -----------------------------
 def _strict(data):
     """data with every NaN or infinity replaced by None (null), as strict JSON wants."""
     if isinstance(data, dict):
@@ -409,6 +360,86 @@ def load_checkpoint(path, experiment, required=()):
     return checkpoint
 
 
+# ---- Signals: stop cleanly, say how to continue ----------------------------------
+_stop_signal = []  # the signal that asked the run to stop, once one has
+_stop_at_once = []  # once training is over: the line a signal prints as it stops the run at once
+
+
+def stop_on_signals():
+    """From now on SIGINT (Ctrl-C) and SIGTERM ask the training loop to stop after
+    its current iteration (stop_requested); a second one stops at once, and so
+    does the first after stop_at_once_from_now."""
+    def request_stop(signum, frame):
+        if _stop_signal or _stop_at_once:
+            _say_stopped(_stop_at_once[0] if _stop_at_once else "")
+            sys.exit(128 + signum)
+        _stop_signal.append(signum)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
+
+
+def stop_requested():
+    """The exit code a stop asked for by a signal ends with (130 for SIGINT, 143
+    for SIGTERM), or 0 when no signal came."""
+    return 128 + _stop_signal[0] if _stop_signal else 0
+
+
+def _say_stopped(line):
+    if line:
+        for bar in list(tqdm.tqdm._instances):  # closed now, so that none is redrawn after the line
+            bar.close()
+        print(f"\n{line}", file=sys.stderr, flush=True)
+
+
+def continue_command(script, argv, world_size, resume=True):
+    """The command that continues this run: the same launcher, script and
+    arguments, with --resume."""
+    launcher = os.environ.get(distributed.LAUNCHER_ENV) or (
+        "python" if world_size == 1 else f"torchrun --nproc-per-node {world_size}")
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
+    return " ".join([launcher, script, *map(shlex.quote, argv), *(["--resume"] if resume else [])])
+
+
+def stop_if_requested(iteration, save, script, argv, rank, world_size, device):
+    """At the top of a training iteration: when a signal has asked any process to
+    stop, all stop here together; every process calls save() (process 0 writes
+    the checkpoint), process 0 says how to continue, and every process exits
+    with the signal's code."""
+    code = distributed.largest(stop_requested(), world_size, device)
+    if not code:
+        return
+    save()
+    if rank == 0:
+        _say_stopped(f"stopped at iteration {iteration}, checkpoint saved; "
+                     f"continue with: {continue_command(script, argv, world_size)}")
+    sys.exit(code)
+
+
+def stop_at_once_from_now(script, argv, rank, world_size):
+    """Once training is over and checkpointed (the final test follows), a signal
+    stops the run at once, saying how to test it again."""
+    evaluating_only = "--eval-only" in (sys.argv[1:] if argv is None else argv)
+    line = (f"stopped during the final test; the run's training is complete and checkpointed; test it again "
+            f"with: {continue_command(script, argv, world_size, resume=not evaluating_only)}") if rank == 0 else ""
+    if _stop_signal:  # a signal came after the last iteration began
+        _say_stopped(line)
+        sys.exit(128 + _stop_signal[0])
+    _stop_at_once[:] = [line]
+
+
+def run_main(main, argv):
+    """Run a script's main(argv) as a command: signals stop it cleanly
+    (stop_on_signals), and a failed process group ends in one line, exit 1."""
+    stop_on_signals()
+    try:
+        main(argv)
+        distributed.finish()
+    except distributed.ProcessFailure as error:
+        print(f"\nerror: {error}", file=sys.stderr, flush=True)
+        os._exit(1)  # not through the broken process group's destructors, which can abort
+
+
+# ---- Training progress: metrics rows, expected time, divergence ------------------
 class MetricsLog:
     """Append-only metrics CSV, flushed row by row. When a run resumes from a
     checkpoint, rows logged after that checkpoint are dropped first, so the
@@ -444,6 +475,35 @@ def read_metrics(path):
         return [{k: float(v) if v != "" else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
 
 
+class DurationForecast:
+    """Says once, after the first `after` iterations of this invocation, how long
+    the iterations left will take at the rate measured over them."""
+
+    def __init__(self, start, total, after=20):
+        self.start, self.total, self.after, self.clock = start, total, after, time.perf_counter()
+
+    def update(self, done):
+        if done - self.start == self.after and done < self.total:
+            per_iteration = (time.perf_counter() - self.clock) / self.after
+            tqdm.tqdm.write(f"expected: ~{duration(per_iteration * (self.total - done))} for the "
+                            f"{self.total - done:,} iterations left ({per_iteration:.3g} s per iteration over "
+                            f"the first {self.after}; validation and test come on top)")
+
+
+def duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h"
+
+
+def stop_diverged(what, last_checkpoint):
+    """Stop a run whose training diverged, in one line (exit code 1), saying what
+    is kept: its last checkpoint (at iteration last_checkpoint), if it has one."""
+    kept = f"its last checkpoint (iteration {last_checkpoint}) is kept" if last_checkpoint else \
+        "no checkpoint had been written yet"
+    fail(f"training diverged: {what}; stopped, {kept}; a smaller --meta-lr or --inner-lr may help", code=1)
+
+
+# ---- Statistics and plots --------------------------------------------------------
 def summarize(per_task):
     """Per column of a (tasks, steps) tensor: the mean over the tasks whose value
     is finite and the half-width of its 95% normal confidence interval (1.96
@@ -487,27 +547,6 @@ LINE_STYLES = [dict(linestyle=style, marker=marker) for style, marker in
                (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v"), ((0, (1, 1)), "P"))]
 
 
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda: no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        fail(f"--device must be auto, cpu or cuda, not {name!r}")
-    return torch.device(name)
-
-
-def device_name(device, world_size):
-    """The hardware a run trained on, for its results: GPU or CPU model, and processes."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, {world_size} process(es)"
-    model = "CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    return f"{model}, {torch.get_num_threads()} thread(s) per process, {world_size} process(es)"
-
-
 def plot_with_ci(ax, mean, ci, label, **style):
     """A line over steps 0..S with its 95% confidence band."""
     steps = range(len(mean))
@@ -523,35 +562,3 @@ def print_accuracy_by_step(stats, tasks, headline_step):
     for step, (mean, ci) in enumerate(zip(*percent(stats))):
         shown = "n/a" if mean is None or ci is None else f"{mean:6.2f} ± {ci:.2f}"
         print(f"  {step:>3} steps: {shown}" + ("  (the headline)" if step == headline_step else ""))
-
-
-class DurationForecast:
-    """Says once, after the first `after` iterations of this invocation, how long
-    the iterations left will take at the rate measured over them."""
-
-    def __init__(self, start, total, after=20):
-        self.start, self.total, self.after, self.clock = start, total, after, time.perf_counter()
-
-    def update(self, done):
-        if done - self.start == self.after and done < self.total:
-            per_iteration = (time.perf_counter() - self.clock) / self.after
-            tqdm.tqdm.write(f"expected: ~{duration(per_iteration * (self.total - done))} for the "
-                            f"{self.total - done:,} iterations left ({per_iteration:.3g} s per iteration over "
-                            f"the first {self.after}; validation and test come on top)")
-
-
-def duration(seconds):
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
-        else f"{seconds / 3600:.1f} h"
-
-
-def run_main(main, argv):
-    """Run a script's main(argv) as a command: signals stop it cleanly
-    (stop_on_signals), and a failed process group ends in one line, exit 1."""
-    stop_on_signals()
-    try:
-        main(argv)
-        distributed.finish()
-    except distributed.ProcessFailure as error:
-        print(f"\nerror: {error}", file=sys.stderr, flush=True)
-        os._exit(1)  # not through the broken process group's destructors, which can abort

@@ -318,6 +318,13 @@ def test_a_signal_to_the_launcher_stops_every_process_with_its_code_and_resumes_
     assert metrics_rows(run_dir / "metrics.csv") == metrics_rows(tmp_path / "straight" / "metrics.csv")
 
 
+def test_the_launcher_exits_with_the_code_of_a_failure_in_its_processes(tmp_path):
+    bad = launcher(*sine(tmp_path / "run", "--eval-tasks", "1"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert 1 <= sum(line.startswith("error: --eval-tasks must be at least 2") for line in bad.stderr.splitlines()) <= 2
+    assert not (tmp_path / "run").exists()  # a failed start leaves no folder behind
+
+
 def test_a_resumed_process_takes_its_own_metric_window_or_its_share_of_the_sums():
     windows = [[[1.0, 2.0], [5.0, 5.0]], [[10.0, 20.0], [5.0, 5.0]]]  # 2 processes: a share, a replicated metric
     assert distributed.own_window(windows, 1, 2, replicated=(1,)) == [[10.0, 20.0], [5.0, 5.0]]
