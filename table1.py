@@ -18,8 +18,8 @@ the published confidence interval.
 
 The table is built from run records alone: config.json, metrics.csv and
 results*.json of each cell in <records>/<split>/<cell> (docs/runs, committed).
-A cell that finishes here, and a run given to --add, is copied there, replacing
-that cell's record. The table and figure go to <records>/<split>/table1.md and
+A cell that finishes here (or is found finished), and a run given to --add, is
+copied there, replacing that cell's record. The table and figure go to <records>/<split>/table1.md and
 table1.png; for the repository's own docs/runs and the paper split, the table
 also replaces the block between the table1 markers in README.md.
 """
@@ -405,7 +405,8 @@ def main(argv=None):
                 continue
             minutes = min(minutes, left) if minutes else left
         if budget_met(read_run(run_dir), cfg, minutes):
-            print(f"{cell}: its budget is met in {run_dir}, skipped")
+            print(f"{cell}: its budget is met in {run_dir}, skipped; records in "
+                  f"{record(run_dir, cfg.records, cfg.split, cell)}")
             continue
         command = arguments(cell, cfg, minutes, run_dir)
         print(f"{cell}: {' '.join(command)}", flush=True)
