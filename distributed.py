@@ -117,12 +117,17 @@ def every_process(obj, world_size):
     return parts
 
 
-def own_window(windows, rank, world_size, replicated=()):
-    """This process's metric window (a list of values per metric) from a
-    checkpoint's windows of every process: its own, with as many processes as
-    before; otherwise process 0 takes the sums over the old processes and the
-    others zeros, as a metrics row adds up the processes' means, except for the
-    metrics every process holds alike (their indices in replicated), copied."""
+def own_window(checkpoint, rank, world_size, metrics, replicated=()):
+    """This process's metric window (a list of values per metric, `metrics` of
+    them) from a checkpoint's windows of every process: empty without a
+    checkpoint; its own, with as many processes as before; otherwise process 0
+    takes the sums over the old processes and the others zeros, as a metrics row
+    adds up the processes' means, except for the metrics every process holds alike
+    (their indices in replicated), copied. A checkpoint written before windows of
+    every process were kept holds process 0's alone."""
+    if checkpoint is None:
+        return [[] for _ in range(metrics)]
+    windows = checkpoint.get("windows", [checkpoint.get("window", [[] for _ in range(metrics)])])
     if len(windows) == world_size:
         return windows[rank]
     own = []

@@ -252,9 +252,8 @@ def main(argv=None):
     share_of_batch = (my_tasks.stop - my_tasks.start) / cfg.meta_batch_size
     # Metrics of the iterations since the last row (a checkpoint keeps them, so that
     # a resumed run logs the rows of an uninterrupted one).
-    window_loss, window_accuracy = ([[t.to(device) for t in w] for w in distributed.own_window(
-        checkpoint.get("windows", [checkpoint.get("window", ([], []))]), rank, world_size)]
-        if checkpoint else ([], []))
+    window_loss, window_accuracy = [[t.to(device) for t in w]
+                                    for w in distributed.own_window(checkpoint, rank, world_size, metrics=2)]
     budget_spent = 0 < 60 * cfg.train_minutes <= train_seconds
     if budget_spent and rank == 0 and not cfg.eval_only:
         print(f"--train-minutes {cfg.train_minutes}: the run's budget is spent; testing it again")
@@ -264,7 +263,7 @@ def main(argv=None):
                     dynamic_ncols=True, disable=rank > 0 or not training)
     window_start = time.perf_counter()
     trained_iterations = start
-    forecast = utils.DurationForecast(start, cfg.meta_iterations)
+    forecast = utils.DurationForecast(start, cfg.meta_iterations, rank)
 
     def save_checkpoint(done, seconds):  # called by every process: the checkpoint holds each one's metric window
         windows = distributed.every_process([[t.cpu() for t in window_loss], [t.cpu() for t in window_accuracy]],
@@ -304,8 +303,7 @@ def main(argv=None):
         window_accuracy.append(accuracy(predictions, labels) * share_of_batch)
 
         done = iteration + 1
-        if rank == 0:
-            forecast.update(done)
+        forecast.update(done)
         over_budget = 0 < 60 * cfg.train_minutes <= train_seconds + time.perf_counter() - window_start
         # Several processes must stop together: they agree to at a metrics row (every log_every iterations).
         out_of_time = over_budget and world_size == 1

@@ -170,13 +170,11 @@ def main(argv=None):
     k = cfg.k_shot
     # Losses since the last row (a checkpoint keeps them: a resumed run logs the rows of an uninterrupted one).
     # Every process trains the pretrained baseline on all the tasks: its window is the same in each.
-    window_meta, window_baseline = distributed.own_window(
-        checkpoint.get("windows", [checkpoint.get("window", ([], []))]), rank, world_size, replicated=(1,)) \
-        if checkpoint else ([], [])
+    window_meta, window_baseline = distributed.own_window(checkpoint, rank, world_size, metrics=2, replicated=(1,))
     progress = tqdm(range(start, cfg.meta_iterations), initial=start, total=cfg.meta_iterations,
                     desc=f"{cfg.algorithm} meta-training", dynamic_ncols=True, disable=rank > 0)
     window_start = time.perf_counter()
-    forecast = utils.DurationForecast(start, cfg.meta_iterations, after=200)
+    forecast = utils.DurationForecast(start, cfg.meta_iterations, rank, after=200)
     for iteration in progress:
         utils.stop_if_requested(iteration, lambda: save(iteration, train_seconds + time.perf_counter() - window_start),
                                 "sinusoid_maml.py", argv, rank, world_size, torch.device("cpu"))
@@ -210,8 +208,7 @@ def main(argv=None):
                                 f"pretrained baseline {window_baseline[-1]})", saved[0])
 
         done = iteration + 1
-        if rank == 0:
-            forecast.update(done)
+        forecast.update(done)
         if done % cfg.log_every == 0 or done == cfg.meta_iterations:
             meta_loss_sum, = distributed.sum_across(
                 [torch.tensor(sum(window_meta) / len(window_meta), dtype=torch.float64)], world_size)

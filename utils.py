@@ -476,14 +476,15 @@ def read_metrics(path):
 
 
 class DurationForecast:
-    """Says once, after the first `after` iterations of this invocation, how long
-    the iterations left will take at the rate measured over them."""
+    """Says once (process 0 only), after the first `after` iterations of this
+    invocation, how long the iterations left will take at the rate measured over them."""
 
-    def __init__(self, start, total, after=20):
-        self.start, self.total, self.after, self.clock = start, total, after, time.perf_counter()
+    def __init__(self, start, total, rank=0, after=20):
+        self.start, self.total, self.rank, self.after = start, total, rank, after
+        self.clock = time.perf_counter()
 
     def update(self, done):
-        if done - self.start == self.after and done < self.total:
+        if self.rank == 0 and done - self.start == self.after and done < self.total:
             per_iteration = (time.perf_counter() - self.clock) / self.after
             tqdm.tqdm.write(f"expected: ~{duration(per_iteration * (self.total - done))} for the "
                             f"{self.total - done:,} iterations left ({per_iteration:.3g} s per iteration over "

@@ -327,9 +327,12 @@ def test_the_launcher_exits_with_the_code_of_a_failure_in_its_processes(tmp_path
 
 def test_a_resumed_process_takes_its_own_metric_window_or_its_share_of_the_sums():
     windows = [[[1.0, 2.0], [5.0, 5.0]], [[10.0, 20.0], [5.0, 5.0]]]  # 2 processes: a share, a replicated metric
-    assert distributed.own_window(windows, 1, 2, replicated=(1,)) == [[10.0, 20.0], [5.0, 5.0]]
-    assert distributed.own_window(windows, 0, 1, replicated=(1,)) == [[11.0, 22.0], [5.0, 5.0]]
-    three = [distributed.own_window(windows, rank, 3, replicated=(1,)) for rank in range(3)]
+    checkpoint = dict(windows=windows)
+    assert distributed.own_window(None, 0, 2, metrics=2) == [[], []]
+    assert distributed.own_window(dict(window=windows[0]), 0, 1, metrics=2) == windows[0]  # an older checkpoint
+    assert distributed.own_window(checkpoint, 1, 2, 2, replicated=(1,)) == [[10.0, 20.0], [5.0, 5.0]]
+    assert distributed.own_window(checkpoint, 0, 1, 2, replicated=(1,)) == [[11.0, 22.0], [5.0, 5.0]]
+    three = [distributed.own_window(checkpoint, rank, 3, 2, replicated=(1,)) for rank in range(3)]
     assert three == [[[11.0, 22.0], [5.0, 5.0]], [[0.0, 0.0], [5.0, 5.0]], [[0.0, 0.0], [5.0, 5.0]]]
     # A metrics row sums the processes' means: the same row in any number of processes.
     assert sum(sum(w[0]) / len(w[0]) for w in three) == sum(sum(w[0]) / len(w[0]) for w in windows)

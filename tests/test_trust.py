@@ -553,7 +553,7 @@ def test_a_log_axis_only_for_a_wide_range_and_with_plain_tick_labels(values, log
 def test_the_expected_duration_is_said_once_after_the_first_iterations(monkeypatch, capsys):
     clock = [100.0]
     monkeypatch.setattr(utils.time, "perf_counter", lambda: clock[0])
-    forecast = utils.DurationForecast(start=50, total=1050, after=20)
+    forecast = utils.DurationForecast(start=50, total=1050, rank=0, after=20)
     for done in range(51, 100):
         clock[0] += 0.5
         forecast.update(done)
