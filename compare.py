@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 plt.rcParams.update({"font.size": 11, "legend.fontsize": 10})
 
-import utils  # noqa: E402
+import reports  # noqa: E402
 
 TABLE_STEPS = (0, 1, 5, 10)
 # Config keys that say where or how a run was launched, not what it is.
@@ -48,7 +48,7 @@ def name(run_dir):
 def cell(stats, step):
     if step >= len(stats["mean"]):
         return "-"
-    return f"{utils.number(stats['mean'][step])} ± {utils.number(stats['ci95'][step])}"
+    return f"{reports.number(stats['mean'][step])} ± {reports.number(stats['ci95'][step])}"
 
 
 def sinusoid(runs, figure):
@@ -71,10 +71,10 @@ def sinusoid(runs, figure):
     if figure:
         fig, axes = plt.subplots(1, len(k_shots), figsize=(4.5 * len(k_shots), 4), squeeze=False)
         for ax, k in zip(axes[0], k_shots):
-            for (method, (by_k, _)), style in zip(curves.items(), itertools.cycle(utils.LINE_STYLES)):
-                utils.plot_with_ci(ax, by_k[k]["mean"], by_k[k]["ci95"], method, **style)
+            for (method, (by_k, _)), style in zip(curves.items(), itertools.cycle(reports.LINE_STYLES)):
+                reports.plot_with_ci(ax, by_k[k]["mean"], by_k[k]["ci95"], method, **style)
             ax.set(title=f"K = {k}: mean, 95% CI", xlabel="gradient steps", ylabel="query MSE")
-            utils.log_scale_if_possible(ax)
+            reports.log_scale_if_possible(ax)
             ax.legend()
         save(fig, figure)
 
@@ -85,14 +85,14 @@ def omniglot(runs, figure):
     print("|---|---|---|---|---|---|---|---|")
     for (results, config), run_dir in runs:
         test, s = results["test"], results["test"]["headline_step"]
-        mean, ci = utils.percent(test["accuracy"])
+        mean, ci = reports.percent(test["accuracy"])
         print(f"| {name(run_dir)} | {config['algorithm']} | {test['split']} | "
               f"{config['n_way']}-way {config['k_shot']}-shot | {test['meta_iterations']} | "
               f"{test['train_seconds'] / 60:.1f} min | {mean[s]:.2f} ± {ci[s]:.2f}% | {s} |")
     if figure:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for ((results, config), run_dir), style in zip(runs, itertools.cycle(utils.LINE_STYLES)):
-            utils.plot_with_ci(ax, *utils.percent(results["test"]["accuracy"]), name(run_dir), **style)
+        for ((results, config), run_dir), style in zip(runs, itertools.cycle(reports.LINE_STYLES)):
+            reports.plot_with_ci(ax, *reports.percent(results["test"]["accuracy"]), name(run_dir), **style)
         ax.set(xlabel="adaptation steps", ylabel="test accuracy (%)",
                title="Omniglot test tasks: mean and 95% CI after each step")
         ax.legend()

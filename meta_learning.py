@@ -11,8 +11,10 @@ batched over the tasks of a meta-batch with torch.func.vmap:
                  are detached.
   reptile_meta_step  theta <- theta + eps * mean_over_tasks(phi_task - theta).
   evaluate_adaptation  query metric after 0..S adaptation steps, per task.
-  maml_meta_gradient  what the scripts call: the MAML meta-gradient accumulated
-                 into .grad, a group of tasks at a time, batched or task by task.
+  maml_meta_gradient  the MAML meta-gradient accumulated into .grad, a group of
+                 tasks at a time, batched or task by task.
+  ALGORITHMS     what the scripts call: maml, fomaml, anil and reptile as
+                 meta-updates with one signature, chosen by name.
 
 maml_meta_loss_loop is the same MAML computation as a plain Python loop over
 tasks with torch.autograd.grad: the reference the tests hold the vmapped
@@ -22,12 +24,16 @@ version to, and the baseline of benchmark.py.
 scalar loss (mean over the batch), tensors of a meta-batch carry a leading task
 dimension.
 """
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
+
 import torch
 from torch.func import grad, vmap
 from tqdm import tqdm
 
 ADAM_BETA2 = 0.999
 ADAM_EPS = 1e-8
+HEAD = 2  # the final linear layer (weight, bias): the last two parameters of every network in models.py
 
 
 def _minibatch(x, y, step, batch_size):
@@ -40,7 +46,7 @@ def _minibatch(x, y, step, batch_size):
 
 
 def adapt(forward, loss_fn, params, x, y, steps, lr, first_order=False,
-          optimizer="sgd", batch_size=None):
+          optimizer="sgd", batch_size=None, head_only=False):
     """Adapt `params` to one task's data (x, y); return the list of parameter
     lists after 0, 1, ..., steps steps.
 
@@ -48,7 +54,14 @@ def adapt(forward, loss_fn, params, x, y, steps, lr, first_order=False,
     beta1 = 0 from a fresh state (Reptile's inner loop). With batch_size, each
     step sees the next mini-batch of the task's data. The inner gradients are
     part of the autograd graph (second-order MAML) unless first_order is set.
+    head_only: only the final layer (the last HEAD parameters) adapts (ANIL).
     """
+    if head_only:
+        body = list(params[:-HEAD])
+        heads = adapt(lambda head, xb: forward(body + list(head), xb), loss_fn, list(params[-HEAD:]), x, y, steps,
+                      lr, first_order, optimizer, batch_size)
+        return [body + head for head in heads]
+
     def task_loss(p, xb, yb):
         return loss_fn(forward(p, xb), yb)
 
@@ -72,15 +85,16 @@ def adapt(forward, loss_fn, params, x, y, steps, lr, first_order=False,
     return trajectory
 
 
-def maml_meta_loss(forward, loss_fn, params, support, query, steps, lr, first_order=False):
+def maml_meta_loss(forward, loss_fn, params, support, query, steps, lr, first_order=False, head_only=False):
     """MAML over a meta-batch in one vmapped call.
 
     support, query: (x, y) with a leading task dimension. Returns the mean query
     loss after `steps` SGD steps (differentiable w.r.t. params: .backward() gives
     the meta-gradient) and the query predictions, shape (tasks, n_query, ...).
+    head_only: the inner loop adapts only the final layer (ANIL).
     """
     def one_task(p, support_x, support_y, query_x, query_y):
-        adapted = adapt(forward, loss_fn, p, support_x, support_y, steps, lr, first_order)[-1]
+        adapted = adapt(forward, loss_fn, p, support_x, support_y, steps, lr, first_order, head_only=head_only)[-1]
         prediction = forward(adapted, query_x)
         return loss_fn(prediction, query_y), prediction
 
@@ -88,16 +102,17 @@ def maml_meta_loss(forward, loss_fn, params, support, query, steps, lr, first_or
     return losses.mean(), predictions
 
 
-def maml_meta_loss_loop(forward, loss_fn, params, support, query, steps, lr, first_order=False):
+def maml_meta_loss_loop(forward, loss_fn, params, support, query, steps, lr, first_order=False, head_only=False):
     """Reference for maml_meta_loss: a Python loop over tasks, torch.autograd.grad
     for the inner gradients. Same arguments and results."""
     losses, predictions = [], []
+    fixed = len(params) - HEAD if head_only else 0  # parameters the inner loop leaves as they are
     for support_x, support_y, query_x, query_y in zip(*support, *query):
-        adapted = params
+        adapted = list(params)
         for _ in range(steps):
             loss = loss_fn(forward(adapted, support_x), support_y)
-            grads = torch.autograd.grad(loss, adapted, create_graph=not first_order)
-            adapted = [p - lr * g for p, g in zip(adapted, grads)]
+            grads = torch.autograd.grad(loss, adapted[fixed:], create_graph=not first_order)
+            adapted = adapted[:fixed] + [p - lr * g for p, g in zip(adapted[fixed:], grads)]
         prediction = forward(adapted, query_x)
         losses.append(loss_fn(prediction, query_y))
         predictions.append(prediction)
@@ -105,7 +120,7 @@ def maml_meta_loss_loop(forward, loss_fn, params, support, query, steps, lr, fir
 
 
 def maml_meta_gradient(forward, loss_fn, params, support, query, steps, lr, first_order=False,
-                       tasks_per_call=None, batched=True, meta_batch_size=None):
+                       tasks_per_call=None, batched=True, meta_batch_size=None, head_only=False):
     """The MAML meta-gradient, added into each parameter's .grad: the gradient of
     the mean query loss over the meta-batch, computed tasks_per_call tasks at a
     time (all at once by default), each group backpropagated as soon as it is done.
@@ -116,8 +131,9 @@ def maml_meta_gradient(forward, loss_fn, params, support, query, steps, lr, firs
     group keeps a GPU busy. Every choice gives the same gradient up to the order
     of floating-point sums. meta_batch_size: the tasks of the whole meta-batch
     when these are only this process's share (distributed.py), so that the
-    shares' gradients add up to the mean. Returns this share of the mean query
-    loss (detached) and the query predictions (tasks, n_query, ...).
+    shares' gradients add up to the mean. head_only: ANIL's inner loop. Returns
+    this share of the mean query loss (detached) and the query predictions
+    (tasks, n_query, ...).
     """
     meta_loss = maml_meta_loss if batched else maml_meta_loss_loop
     n_here = support[0].shape[0]
@@ -127,7 +143,7 @@ def maml_meta_gradient(forward, loss_fn, params, support, query, steps, lr, firs
     for first in range(0, n_here, group):
         part = slice(first, first + group)
         loss, prediction = meta_loss(forward, loss_fn, params, [t[part] for t in support],
-                                     [t[part] for t in query], steps, lr, first_order)
+                                     [t[part] for t in query], steps, lr, first_order, head_only)
         share = prediction.shape[0] / n_tasks
         (loss * share).backward()
         losses.append(loss.detach() * share)
@@ -186,7 +202,7 @@ def reptile_meta_step(forward, loss_fn, params, tasks, steps, lr, meta_step_size
 
 
 def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, steps, lr,
-                        optimizer="sgd", batch_size=None, chunk_size=None, progress=None):
+                        optimizer="sgd", batch_size=None, head_only=False, chunk_size=None, progress=None):
     """Adapt to each task's support set and measure metric_fn(prediction, y) on
     its query set after 0, 1, ..., steps steps. Returns a (tasks, steps + 1) tensor.
     chunk_size bounds how many tasks are in memory at once; with progress (a
@@ -194,8 +210,8 @@ def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, ste
     detached = [p.detach() for p in params]
 
     def one_task(support_x, support_y, query_x, query_y):
-        trajectory = adapt(forward, loss_fn, detached, support_x, support_y, steps, lr,
-                           first_order=True, optimizer=optimizer, batch_size=batch_size)
+        trajectory = adapt(forward, loss_fn, detached, support_x, support_y, steps, lr, first_order=True,
+                           optimizer=optimizer, batch_size=batch_size, head_only=head_only)
         return torch.stack([metric_fn(forward(p, query_x), query_y) for p in trajectory])
 
     n_tasks = support[0].shape[0]
@@ -204,3 +220,74 @@ def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, ste
         return torch.cat([vmap(one_task)(*[t[first:first + chunk] for t in (*support, *query)])
                           for first in tqdm(range(0, n_tasks, chunk), desc=progress, leave=False,
                                             dynamic_ncols=True, disable=progress is None)])
+
+
+# ---- Algorithms: one meta-update each, one signature, chosen by name -----------------
+@dataclass
+class Learner:
+    """What a meta-update needs besides the parameters, the optimizer and the tasks."""
+    forward: Callable  # forward(params, x), a network of models.py
+    loss_fn: Callable  # loss_fn(prediction, y), a scalar
+    inner_steps: int  # adaptation steps per task in meta-training
+    inner_lr: float  # their step size
+    meta_batch_size: int  # tasks of the whole meta-batch (a process may hold a share of them)
+    meta_iterations: int  # of the run (Reptile anneals its meta step over them)
+    sum_across: Callable = list  # sums a list of tensors over processes (distributed.sum_across)
+    tasks_per_call: Optional[int] = None  # MAML's groups of tasks (task_grouping)
+    batched: bool = True
+    inner_optimizer: str = "sgd"  # reptile: "adam" (beta1 = 0) or "sgd"
+    inner_batch: Optional[int] = None  # reptile: examples per inner step (None: all of the task's)
+    meta_step: float = 1.0  # reptile: the outer step size at the start, annealed linearly to 0
+
+
+# A meta-update: meta_update(learner, params, optimizer, support, query, iteration) updates
+# params (through optimizer or in place) from a meta-batch of tasks, support and query as
+# (x, y) with a leading task dimension, this process's share of them. It returns this share
+# of the mean loss, and predictions with their targets, for a training accuracy.
+def maml(learner, params, optimizer, support, query, iteration, first_order=False, head_only=False):
+    """MAML (Finn et al. 2017): one Adam step on the meta-gradient of the query loss after adaptation."""
+    optimizer.zero_grad()
+    loss, predictions = maml_meta_gradient(
+        learner.forward, learner.loss_fn, params, support, query, learner.inner_steps, learner.inner_lr,
+        first_order=first_order, tasks_per_call=learner.tasks_per_call, batched=learner.batched,
+        meta_batch_size=learner.meta_batch_size, head_only=head_only)
+    for p, total in zip(params, learner.sum_across([p.grad for p in params])):
+        p.grad = total
+    optimizer.step()
+    return loss, predictions, query[1]
+
+
+def fomaml(learner, params, optimizer, support, query, iteration):
+    """First-order MAML: the inner gradients are constants (no second derivatives)."""
+    return maml(learner, params, optimizer, support, query, iteration, first_order=True)
+
+
+def anil(learner, params, optimizer, support, query, iteration):
+    """ANIL (Raghu et al. 2020): MAML whose inner loop adapts only the final layer;
+    the meta-gradient, second order, still reaches every layer."""
+    return maml(learner, params, optimizer, support, query, iteration, head_only=True)
+
+
+def reptile(learner, params, optimizer, support, query, iteration):
+    """Reptile (Nichol et al. 2018): theta += eps * mean(phi_task - theta), eps annealed
+    linearly to 0 over the run. A task's support and query points are all trained on."""
+    tasks = [torch.cat(parts, dim=1) for parts in zip(support, query)]
+    meta_step_size = learner.meta_step * (1 - iteration / learner.meta_iterations)
+    loss, predictions = reptile_meta_step(
+        learner.forward, learner.loss_fn, params, tasks, learner.inner_steps, learner.inner_lr, meta_step_size,
+        optimizer=learner.inner_optimizer, batch_size=learner.inner_batch, meta_batch_size=learner.meta_batch_size,
+        sum_over_processes=learner.sum_across)
+    return loss, predictions, tasks[1]
+
+
+class Algorithm(NamedTuple):
+    meta_update: Callable
+    head_only: bool = False  # adapts only the final layer, in meta-training and at test
+
+
+ALGORITHMS = {
+    "maml": Algorithm(maml),
+    "fomaml": Algorithm(fomaml),
+    "anil": Algorithm(anil, head_only=True),
+    "reptile": Algorithm(reptile),
+}

@@ -15,28 +15,30 @@ too: the query set of a task is classified as one batch (transductive, as in
 the paper and its code).
 """
 import functools
-import json
 import math
-import os
 import sys
-import time
 
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 import distributed  # noqa: E402
+import files  # noqa: E402
+import lifecycle  # noqa: E402
 import meta_learning  # noqa: E402
 import models  # noqa: E402
 import omniglot_data  # noqa: E402
+import reports  # noqa: E402
+import settings  # noqa: E402
+import signals  # noqa: E402
 import utils  # noqa: E402
 
 CONFIG = dict(
     # The experiment
-    algorithm="maml",           # maml (second order) | fomaml (first order) | reptile
+    algorithm="maml",           # maml (second order) | fomaml (first order) | anil (MAML, only the
+                                # final layer adapts) | reptile
     n_way=5,                    # classes per task (N)
     k_shot=1,                   # support images per class; the query set has as many (official code)
     split="background",         # background: meta-train on images_background (minus 5 validation
@@ -91,12 +93,10 @@ PAPER_DEFAULTS = {
 }
 AUTO_TYPES = {"meta_iterations": int, "meta_batch_size": int, "inner_lr": float, "inner_steps": int,
               "test_steps": int, "reptile_inner_batch": int, "reptile_eval_batch": int}
-ALGORITHMS = ("maml", "fomaml", "reptile")
 MODELS = ("cnn", "maxpool", "mlp")
 REPORTED_STEPS = 10  # test accuracy is reported after 0..max(10, test_steps) steps
 VALIDATION_SEED, TEST_SEED = 1, 2  # the same validation and test tasks for every run
 CHUNK_TASKS = 50  # tasks adapted at once during validation and test (a step of their progress bar)
-CHECKPOINT_KEYS = ("config", "iteration", "train_seconds", "best", "params", "optimizer", "task_generator")
 TEST_ONLY_KEYS = ("rotate_test_classes", "test_tasks", "test_steps")  # --eval-only may change these
 
 
@@ -123,8 +123,8 @@ def resolve_paper_defaults(cfg):
 
 
 def validate(cfg):
-    utils.check_settings(
-        cfg, choices=dict(algorithm=ALGORITHMS, split=omniglot_data.SPLITS, model=MODELS),
+    settings.check_settings(
+        cfg, choices=dict(algorithm=tuple(meta_learning.ALGORITHMS), split=omniglot_data.SPLITS, model=MODELS),
         at_least=dict(n_way=2, **{key: 1 for key in (
             "k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "test_steps", "reptile_train_shots",
             "reptile_inner_batch", "reptile_eval_batch", "log_every", "validate_every", "validation_tasks")}),
@@ -161,33 +161,22 @@ def build_network(model, n_way, generator, device):
 
 def main(argv=None):
     # ---- config -------------------------------------------------------------
-    cfg, given = utils.parse_config(CONFIG, argv, __doc__, types=AUTO_TYPES,
-                                    comments=utils.config_comments(__file__), none_means=paper_values())
+    cfg, given = settings.parse_config(CONFIG, argv, __doc__, types=AUTO_TYPES,
+                                       comments=settings.config_comments(__file__), none_means=paper_values())
     resolve_paper_defaults(cfg)
     validate(cfg)
     utils.use_threads(cfg.threads)
-    rank, world_size, device = distributed.setup(utils.pick_device(cfg.device))  # 1 process unless torchrun
-    utils.check_tasks_per_process(world_size, meta_batch_size=cfg.meta_batch_size,
-                                  validation_tasks=cfg.validation_tasks, test_tasks=cfg.test_tasks)
-    # A MAML run may be continued to more iterations; Reptile's meta step is annealed over them.
-    budget_keys = {"meta_iterations"} if cfg.algorithm != "reptile" else set()
-    run_dir = cfg.out_dir or utils.default_run_dir(
-        "omniglot", f"{cfg.algorithm}-{cfg.split}-{cfg.n_way}w{cfg.k_shot}s-seed{cfg.seed}", cfg, given,
-        named_keys={"algorithm", "split", "n_way", "k_shot", "seed"}, also_free=budget_keys)
-    checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
-    checkpoint = utils.open_run(run_dir, cfg.resume or cfg.eval_only, "omniglot", rank, world_size,
-                                required=CHECKPOINT_KEYS)
-    retest = {}  # test settings of an --eval-only that differ from the run's own
-    if checkpoint:
-        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG,
-                                   also_free=budget_keys | set(TEST_ONLY_KEYS if cfg.eval_only else ()))
-        retest = {key: getattr(cfg, key) for key in TEST_ONLY_KEYS
-                  if cfg.eval_only and getattr(cfg, key) != checkpoint["config"][key]}
-    results_name = "-".join(["results", *(f"{key}={value}" for key, value in retest.items())])
-    cfg.out_dir, cfg.world_size = run_dir, world_size
+    run = lifecycle.Run("omniglot", __file__, argv, cfg, given, CONFIG, device=utils.pick_device(cfg.device),
+                        folder=f"{cfg.algorithm}-{cfg.split}-{cfg.n_way}w{cfg.k_shot}s-seed{cfg.seed}",
+                        named_keys={"algorithm", "split", "n_way", "k_shot", "seed"},
+                        shared_tasks=dict(meta_batch_size=cfg.meta_batch_size, validation_tasks=cfg.validation_tasks,
+                                          test_tasks=cfg.test_tasks),
+                        free_on_resume={"meta_iterations"} if cfg.algorithm != "reptile" else set(),
+                        free_when_testing=TEST_ONLY_KEYS)
+    cfg, device = run.cfg, run.device
 
     # ---- data ---------------------------------------------------------------
-    with distributed.rank_zero_first(rank, world_size):  # process 0 builds the cache
+    with distributed.rank_zero_first(run.rank, run.world_size):  # process 0 builds the cache
         try:
             images, names = omniglot_data.load_omniglot(cfg.data_dir)
         except omniglot_data.DataError as error:
@@ -202,190 +191,89 @@ def main(argv=None):
         if cfg.n_way > sampler.n_classes:
             utils.fail(f"--n-way {cfg.n_way} exceeds the {sampler.n_classes} classes of the "
                        f"{cfg.split} split's {part} set")
-    if rank == 0:
-        print(json.dumps(vars(cfg), indent=2))
-        print(f"run folder: {run_dir}")
-        print(f"device {device}, {world_size} process(es); classes: "
+    run.start(f"device {device}, {run.world_size} process(es); classes: "
               + ", ".join(f"{p} {s.n_classes}" for p, s in samplers.items()))
-        if not cfg.eval_only:
-            utils.save_json(vars(cfg), os.path.join(run_dir, "config.json"))
 
     # ---- model --------------------------------------------------------------
     params, forward = build_network(cfg.model, cfg.n_way, torch.Generator().manual_seed(cfg.seed), device)
     optimizer = torch.optim.Adam(params, lr=cfg.meta_lr)
     task_generator = torch.Generator().manual_seed(cfg.seed)
-    start, train_seconds, best = 0, 0.0, dict(accuracy=-1.0, iteration=0, params=None)
-    if checkpoint:
-        with torch.no_grad():
-            for p, saved in zip(params, checkpoint["params"]):
-                p.copy_(saved)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        task_generator.set_state(checkpoint["task_generator"])
-        start, train_seconds, best = checkpoint["iteration"], checkpoint["train_seconds"], checkpoint["best"]
-        if rank == 0:  # best.pt is written just after the checkpoint: a kill in between leaves it stale
-            utils.save_checkpoint(best, best_path)
-            print(f"testing the run of {start} iterations" if cfg.eval_only else f"resumed from iteration {start}")
+    run.track(params=params, optimizer=optimizer, task_generator=task_generator)
 
-    grouping = meta_learning.task_grouping(device, cfg.meta_batch_size, 2 * cfg.n_way * cfg.k_shot)
+    # ---- the algorithm, chosen once ------------------------------------------
+    algorithm = meta_learning.ALGORITHMS[cfg.algorithm]
     if cfg.algorithm == "reptile":
-        adaptation = dict(lr=cfg.inner_lr, optimizer="adam", batch_size=cfg.reptile_eval_batch)
+        train_shots = (cfg.reptile_train_shots, 0)  # support and query images per class of a training task
+        inner = dict(inner_lr=cfg.inner_lr, inner_optimizer="adam", inner_batch=cfg.reptile_inner_batch)
+        adaptation = dict(lr=cfg.inner_lr, optimizer="adam", batch_size=cfg.reptile_eval_batch)  # at test
     else:
-        adaptation = dict(lr=cfg.inner_lr * cfg.n_way, optimizer="sgd", batch_size=None)
+        train_shots = (cfg.k_shot, cfg.k_shot)
+        inner = dict(inner_lr=cfg.inner_lr * cfg.n_way)
+        adaptation = dict(lr=cfg.inner_lr * cfg.n_way, optimizer="sgd", head_only=algorithm.head_only)
+    learner = meta_learning.Learner(
+        forward, F.cross_entropy, inner_steps=cfg.inner_steps, meta_batch_size=cfg.meta_batch_size,
+        meta_iterations=cfg.meta_iterations, meta_step=cfg.reptile_meta_step,
+        sum_across=functools.partial(distributed.sum_across, world_size=run.world_size),
+        **meta_learning.task_grouping(device, cfg.meta_batch_size, 2 * cfg.n_way * cfg.k_shot), **inner)
 
-    def evaluate(sampler, n_tasks, seed, steps, parameters, name):
-        """Query accuracy of n_tasks fixed tasks after 0..steps adaptation steps, (tasks, steps + 1)."""
-        support, query = sampler.sample(n_tasks, cfg.n_way, cfg.k_shot, cfg.k_shot, torch.Generator().manual_seed(seed),
-                                        distributed.share(n_tasks, rank, world_size))
+    def evaluate(part, params, steps=cfg.test_steps):
+        """Query accuracy of the part's fixed tasks after 0..steps adaptation steps, (tasks, steps + 1)."""
+        n_tasks, seed = (cfg.validation_tasks, VALIDATION_SEED) if part == "validation" else (cfg.test_tasks, TEST_SEED)
+        support, query = samplers[part].sample(n_tasks, cfg.n_way, cfg.k_shot, cfg.k_shot,
+                                               torch.Generator().manual_seed(seed),
+                                               distributed.share(n_tasks, run.rank, run.world_size))
         per_task = meta_learning.evaluate_adaptation(
-            forward, F.cross_entropy, accuracy, parameters, support, query, steps, chunk_size=CHUNK_TASKS,
-            progress=f"{name} on {n_tasks} tasks" if rank == 0 else None, **adaptation)
-        return distributed.gather_rows(per_task.cpu(), world_size)
+            forward, F.cross_entropy, accuracy, params, support, query, steps, chunk_size=CHUNK_TASKS,
+            progress=f"{part} on {n_tasks} tasks" if run.rank == 0 else None, **adaptation)
+        return distributed.gather_rows(per_task.cpu(), run.world_size)
 
     # ---- meta-training ------------------------------------------------------
-    if rank == 0:
-        metrics = utils.MetricsLog(os.path.join(run_dir, "metrics.csv"),
-                                   ["iteration", "train_seconds", "train_loss", "train_accuracy",
-                                    "validation_accuracy", "test_accuracy", "test_ci95"],
-                                   resume_iteration=start if checkpoint else None)
     # Every process draws the same meta-batches and builds only its share of the tasks.
-    my_tasks = distributed.share(cfg.meta_batch_size, rank, world_size)
+    my_tasks = distributed.share(cfg.meta_batch_size, run.rank, run.world_size)
     share_of_batch = (my_tasks.stop - my_tasks.start) / cfg.meta_batch_size
-    # Metrics of the iterations since the last row (a checkpoint keeps them, so that
-    # a resumed run logs the rows of an uninterrupted one).
-    window_loss, window_accuracy = [[t.to(device) for t in w]
-                                    for w in distributed.own_window(checkpoint, rank, world_size, metrics=2)]
-    budget_spent = 0 < 60 * cfg.train_minutes <= train_seconds
-    if budget_spent and rank == 0 and not cfg.eval_only:
-        print(f"--train-minutes {cfg.train_minutes}: the run's budget is spent; testing it again")
-    training = not (cfg.eval_only or budget_spent)
-    progress = tqdm(range(start, cfg.meta_iterations if training else start), initial=start,
-                    total=cfg.meta_iterations, desc=f"{cfg.algorithm} {cfg.n_way}-way {cfg.k_shot}-shot",
-                    dynamic_ncols=True, disable=rank > 0 or not training)
-    window_start = time.perf_counter()
-    trained_iterations = start
-    forecast = utils.DurationForecast(start, cfg.meta_iterations, rank)
-
-    def save_checkpoint(done, seconds):  # called by every process: the checkpoint holds each one's metric window
-        windows = distributed.every_process([[t.cpu() for t in window_loss], [t.cpu() for t in window_accuracy]],
-                                            world_size)
-        if rank == 0:
-            utils.save_checkpoint(dict(
-                experiment="omniglot", config=vars(cfg), defaults=CONFIG, iteration=done, train_seconds=seconds,
-                best=best, params=[p.detach().cpu() for p in params], optimizer=optimizer.state_dict(),
-                task_generator=task_generator.get_state(), windows=windows), checkpoint_path)
-
-    for iteration in progress:
-        utils.stop_if_requested(iteration, lambda: save_checkpoint(
-            iteration, train_seconds + time.perf_counter() - window_start), "omniglot_maml.py", argv, rank,
-            world_size, device)
-        if cfg.algorithm == "reptile":
-            tasks, _ = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.reptile_train_shots, 0,
-                                                task_generator, my_tasks)
-            meta_step_size = cfg.reptile_meta_step * (1 - iteration / cfg.meta_iterations)
-            loss, predictions = meta_learning.reptile_meta_step(
-                forward, F.cross_entropy, params, tasks, cfg.inner_steps, cfg.inner_lr, meta_step_size,
-                optimizer="adam", batch_size=cfg.reptile_inner_batch, meta_batch_size=cfg.meta_batch_size,
-                sum_over_processes=functools.partial(distributed.sum_across, world_size=world_size))
-            labels = tasks[1]
-        else:
-            support, query = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_shot,
-                                                      task_generator, my_tasks)
-            optimizer.zero_grad()
-            loss, predictions = meta_learning.maml_meta_gradient(
-                forward, F.cross_entropy, params, support, query, cfg.inner_steps, cfg.inner_lr * cfg.n_way,
-                first_order=cfg.algorithm == "fomaml", meta_batch_size=cfg.meta_batch_size, **grouping)
-            distributed.sum_gradients(params, world_size)
-            optimizer.step()
-            labels = query[1]
-        # Kept as tensors until a row is logged, so a GPU is not synchronised every iteration;
-        # this process's share of the meta-batch means, summed over processes at each row.
-        window_loss.append(loss.detach())
-        window_accuracy.append(accuracy(predictions, labels) * share_of_batch)
-
-        done = iteration + 1
-        forecast.update(done)
-        over_budget = 0 < 60 * cfg.train_minutes <= train_seconds + time.perf_counter() - window_start
-        # Several processes must stop together: they agree to at a metrics row (every log_every iterations).
-        out_of_time = over_budget and world_size == 1
-        validating = done % cfg.validate_every == 0 or done == cfg.meta_iterations or out_of_time
-        testing = cfg.test_every > 0 and (done % cfg.test_every == 0 or done == cfg.meta_iterations)
-        if not (validating or testing or done % cfg.log_every == 0):
-            continue
-        losses = torch.stack(window_loss)
-        if not torch.isfinite(losses).all():  # the same iteration in every process: they share parameters
-            first = done - len(losses) + 1 + int((~torch.isfinite(losses)).nonzero()[0])
-            utils.stop_diverged(f"the meta-training loss is not finite at iteration {first}", trained_iterations)
-        mean_loss, mean_accuracy, stop = distributed.sum_across(
-            [losses.mean(), torch.stack(window_accuracy).mean(),
-             torch.tensor(float(over_budget), device=loss.device)], world_size)
-        out_of_time, validating = stop.item() > 0, validating or stop.item() > 0
-        testing = testing or (out_of_time and cfg.test_every > 0)
-        row = dict(iteration=done, train_seconds=round(train_seconds + time.perf_counter() - window_start, 2),
-                   train_loss=mean_loss.item(), train_accuracy=mean_accuracy.item(), validation_accuracy="",
-                   test_accuracy="", test_ci95="")
-        window_loss, window_accuracy = [], []
-        if validating:
-            row["validation_accuracy"] = evaluate(samplers["validation"], cfg.validation_tasks, VALIDATION_SEED,
-                                                  cfg.test_steps, params, "validation")[:, -1].nanmean().item()
-            if math.isnan(row["validation_accuracy"]):  # NaN for every task: adaptation diverged on all of them
-                utils.stop_diverged(f"the adaptation diverged on every validation task at iteration {done}",
-                                    trained_iterations)
-            if row["validation_accuracy"] > best["accuracy"]:
-                best = dict(accuracy=row["validation_accuracy"], iteration=done,
-                            params=[p.detach().cpu().clone() for p in params])
-        if testing:  # not counted in train_seconds
-            paused = time.perf_counter()
-            curve = utils.summarize(evaluate(samplers["test"], cfg.test_tasks, TEST_SEED, cfg.test_steps, params,
-                                             "test"))
-            row.update(test_accuracy=curve["mean"][-1], test_ci95=curve["ci95"][-1])
-            window_start += time.perf_counter() - paused
-        if rank == 0:
-            metrics.log(**row)  # before the checkpoint, so a resume never loses a row
-        if validating:
-            train_seconds += time.perf_counter() - window_start
-            trained_iterations = done
-            save_checkpoint(done, train_seconds)
-            if rank == 0:
-                utils.save_checkpoint(best, best_path)  # a copy for users; the checkpoint holds it too
-                progress.set_postfix(val_acc=f"{row['validation_accuracy']:.3f}", best=f"{best['accuracy']:.3f}")
-            window_start = time.perf_counter()
-        if out_of_time:
-            if rank == 0:
-                print(f"\n--train-minutes {cfg.train_minutes}: stopped after iteration {done}")
-            break
-    progress.close()
+    for iteration in run.iterations(
+            cfg.meta_iterations, recorded=("train_loss", "train_accuracy"),
+            evaluated=("validation_accuracy", "test_accuracy", "test_ci95"), log_every=cfg.log_every,
+            checkpoint_every=cfg.validate_every, test_every=cfg.test_every, train_minutes=cfg.train_minutes,
+            description=f"{cfg.algorithm} {cfg.n_way}-way {cfg.k_shot}-shot"):
+        # ALGORITHM: a meta-update on a meta-batch of training tasks
+        support, query = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, *train_shots, task_generator,
+                                                  my_tasks)
+        loss, predictions, labels = algorithm.meta_update(learner, params, optimizer, support, query, iteration)
+        due = run.record(train_loss=loss, train_accuracy=accuracy(predictions, labels) * share_of_batch)
+        # every validate_every iterations: validate and keep the best parameters (a checkpoint follows)
+        if due.checkpoint:
+            run.validated(evaluate("validation", params)[:, -1].nanmean().item(), params)
+        if due.test:  # the test accuracy curve of metrics.csv, not counted as training time
+            with run.untimed():
+                curve = reports.summarize(evaluate("test", params))
+            run.log(test_accuracy=curve["mean"][-1], test_ci95=curve["ci95"][-1])
 
     # ---- meta-test: the best parameters on 600 fixed test tasks -------------
-    utils.stop_at_once_from_now("omniglot_maml.py", argv, rank, world_size)
-    if best["params"] is None:  # stopped by a signal before its first validation
-        utils.fail(f"{run_dir} has no validated parameters yet: continue it with --resume first")
-    best_params = [p.to(device) for p in best["params"]]
-    reported_steps = max(REPORTED_STEPS, cfg.test_steps)
-    test_accuracy = utils.summarize(evaluate(samplers["test"], cfg.test_tasks, TEST_SEED, reported_steps, best_params,
-                                             "test"))
+    test_accuracy = reports.summarize(evaluate("test", run.best_params(), max(REPORTED_STEPS, cfg.test_steps)))
     results = {"test": {
         "accuracy": test_accuracy,
         "headline_step": cfg.test_steps, "tasks": cfg.test_tasks, "split": cfg.split,
         "rotate_test_classes": cfg.rotate_test_classes,
-        "best_iteration": best["iteration"], "best_validation_accuracy": best["accuracy"],
-        "meta_iterations": trained_iterations, "train_seconds": round(train_seconds, 1)},
-        "world_size": world_size, "device": utils.device_name(device, world_size)}
-    if rank > 0:
+        "best_iteration": run.best["iteration"], "best_validation_accuracy": run.best["accuracy"],
+        "meta_iterations": run.iteration, "train_seconds": round(run.train_seconds, 1)},
+        "world_size": run.world_size, "device": utils.device_name(device, run.world_size)}
+    if run.rank > 0:
         return results
-    utils.save_json(results, os.path.join(run_dir, results_name + ".json"))
+    files.save_json(results, run.path(run.results_name + ".json"))
     s, diverged = cfg.test_steps, test_accuracy["diverged"][cfg.test_steps]
-    print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot, best iteration {best['iteration']}: "
+    print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot, best iteration {run.best['iteration']}: "
           f"test accuracy after {s} steps {100 * test_accuracy['mean'][s]:.2f} "
           f"± {100 * test_accuracy['ci95'][s]:.2f}% "
           f"({cfg.test_tasks} tasks{f'; diverged on {diverged} of them' if diverged else ''}); "
-          f"trained {train_seconds:.0f} s")
-    utils.print_accuracy_by_step(test_accuracy, cfg.test_tasks, cfg.test_steps)
+          f"trained {run.train_seconds:.0f} s")
+    reports.print_accuracy_by_step(test_accuracy, cfg.test_tasks, cfg.test_steps)
 
     # ---- plots --------------------------------------------------------------
-    plot_training(metrics.read(), cfg.inner_steps, cfg.test_steps, os.path.join(run_dir, "training_curves.png"))
+    plot_training(run.metrics_rows(), cfg.inner_steps, cfg.test_steps, run.path("training_curves.png"))
     plot_test_accuracy(results["test"], f"{cfg.algorithm}, {cfg.n_way}-way {cfg.k_shot}-shot, {cfg.split}",
-                       os.path.join(run_dir, results_name.replace("results", "test_accuracy") + ".png"))
-    print(f"results in {run_dir}" + (f" ({results_name}.json)" if retest else ""))
+                       run.path(run.results_name.replace("results", "test_accuracy") + ".png"))
+    print(f"results in {run.dir}" + (f" ({run.results_name}.json)" if run.results_name != "results" else ""))
     return results
 
 
@@ -395,7 +283,7 @@ def plot_training(rows, train_steps, test_steps, path):
     loss_ax.plot(iterations, [r["train_loss"] for r in rows])
     loss_ax.set(xlabel="meta-iteration", ylabel=f"query loss after {train_steps} step(s)",
                 title="meta-training tasks (mean per metrics row)")
-    utils.log_scale_if_possible(loss_ax)
+    reports.log_scale_if_possible(loss_ax)
     accuracy_ax.plot(iterations, [100 * r["train_accuracy"] for r in rows],
                      label=f"meta-training tasks, after {train_steps} step(s)")
     validated = [r for r in rows if r["validation_accuracy"] == r["validation_accuracy"]]  # not NaN
@@ -403,19 +291,19 @@ def plot_training(rows, train_steps, test_steps, path):
                      marker="o", label=f"validation tasks, after {test_steps} steps")
     accuracy_ax.set(xlabel="meta-iteration", ylabel="query accuracy (%)")
     accuracy_ax.legend()
-    utils.save_figure(fig, path)
+    files.save_figure(fig, path)
 
 
 def plot_test_accuracy(test, title, path):
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    utils.plot_with_ci(ax, *utils.percent(test["accuracy"]),
-                       f"mean, 95% CI over {test['tasks']} test tasks (band)")
+    reports.plot_with_ci(ax, *reports.percent(test["accuracy"]),
+                         f"mean, 95% CI over {test['tasks']} test tasks (band)")
     s = test["headline_step"]
     ax.axvline(s, color="grey", linestyle=":", label=f"headline: {s} steps")
     ax.set(xlabel="adaptation steps", ylabel="query accuracy (%)", title=title)
     ax.legend()
-    utils.save_figure(fig, path)
+    files.save_figure(fig, path)
 
 
 if __name__ == "__main__":
-    utils.run_main(main, sys.argv[1:])
+    signals.run_main(main, sys.argv[1:])

@@ -13,11 +13,8 @@ A run writes config.json, metrics.csv, checkpoint.pt, results.json and plots to
 its folder; --resume continues it from its last checkpoint.
 """
 import functools
-import json
 import math
-import os
 import sys
-import time
 
 import matplotlib
 matplotlib.use("Agg")
@@ -26,13 +23,19 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import distributed  # noqa: E402
+import files  # noqa: E402
+import lifecycle  # noqa: E402
 import meta_learning  # noqa: E402
 import models  # noqa: E402
+import reports  # noqa: E402
+import settings  # noqa: E402
+import signals  # noqa: E402
 import utils  # noqa: E402
 
 CONFIG = dict(
     # The experiment (the paper's section 5.1)
-    algorithm="maml",           # maml (second order) | fomaml (first order) | reptile
+    algorithm="maml",           # maml (second order) | fomaml (first order) | anil (MAML, only the
+                                # final layer adapts) | reptile
     k_shot=10,                  # support points per meta-training task; as many query points
     meta_iterations=70_000,     # meta-updates (and Adam steps of the pretrained baseline); a run may be
                                 # continued to more (not Reptile's: its meta step is annealed over them)
@@ -62,18 +65,15 @@ CONFIG = dict(
                                 # for each other setting given on the command line]
     resume=False,               # continue the run in out_dir from its checkpoint
 )
-ALGORITHMS = ("maml", "fomaml", "reptile")
 INNER_OPTIMIZERS = ("adam", "sgd")
-CHECKPOINT_KEYS = ("config", "iteration", "train_seconds", "meta_params", "baseline_params", "meta_optimizer",
-                   "baseline_optimizer", "task_generator")
 AMPLITUDE_RANGE = (0.1, 5.0)
 PHASE_RANGE = (0.0, math.pi)
 INPUT_RANGE = (-5.0, 5.0)
 
 
 def validate(cfg):
-    utils.check_settings(
-        cfg, choices=dict(algorithm=ALGORITHMS, reptile_inner_optimizer=INNER_OPTIMIZERS),
+    settings.check_settings(
+        cfg, choices=dict(algorithm=tuple(meta_learning.ALGORITHMS), reptile_inner_optimizer=INNER_OPTIMIZERS),
         at_least={key: 1 for key in ("k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "hidden_units",
                                      "reptile_inner_steps", "eval_steps", "eval_query_points", "log_every",
                                      "checkpoint_every")},
@@ -107,25 +107,16 @@ def mse(prediction, y):
 
 def main(argv=None):
     # ---- config -------------------------------------------------------------
-    cfg, given = utils.parse_config(CONFIG, argv, __doc__, comments=utils.config_comments(__file__))
+    cfg, given = settings.parse_config(CONFIG, argv, __doc__, comments=settings.config_comments(__file__))
     validate(cfg)
     utils.use_threads(cfg.threads)
-    rank, world_size, _ = distributed.setup(torch.device("cpu"))  # 1 process unless torchrun
-    utils.check_tasks_per_process(world_size, meta_batch_size=cfg.meta_batch_size, eval_tasks=cfg.eval_tasks)
-    # A MAML run may be continued to more iterations; Reptile's meta step is annealed over them.
-    budget_keys = {"meta_iterations"} if cfg.algorithm != "reptile" else set()
-    run_dir = cfg.out_dir or utils.default_run_dir("sinusoid", f"{cfg.algorithm}-k{cfg.k_shot}-seed{cfg.seed}", cfg,
-                                                   given, named_keys={"algorithm", "k_shot", "seed"},
-                                                   also_free=budget_keys)
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    checkpoint = utils.open_run(run_dir, cfg.resume, "sinusoid", rank, world_size, required=CHECKPOINT_KEYS)
-    if checkpoint:
-        cfg = utils.resumed_config(checkpoint, cfg, given, CONFIG, also_free=budget_keys)
-    cfg.out_dir, cfg.world_size = run_dir, world_size
-    if rank == 0:
-        print(json.dumps(vars(cfg), indent=2))
-        print(f"run folder: {run_dir}")
-        utils.save_json(vars(cfg), os.path.join(run_dir, "config.json"))
+    run = lifecycle.Run("sinusoid", __file__, argv, cfg, given, CONFIG, device=torch.device("cpu"),
+                        folder=f"{cfg.algorithm}-k{cfg.k_shot}-seed{cfg.seed}",
+                        named_keys={"algorithm", "k_shot", "seed"},
+                        shared_tasks=dict(meta_batch_size=cfg.meta_batch_size, eval_tasks=cfg.eval_tasks),
+                        free_on_resume={"meta_iterations"} if cfg.algorithm != "reptile" else set())
+    cfg = run.cfg
+    run.start()
 
     # ---- model: meta-learned network and pretrained baseline, same init ------
     sizes = [1, cfg.hidden_units, cfg.hidden_units, 1]
@@ -135,98 +126,39 @@ def main(argv=None):
     meta_optimizer = torch.optim.Adam(meta_params, lr=cfg.meta_lr)
     baseline_optimizer = torch.optim.Adam(baseline_params, lr=cfg.meta_lr)
     task_generator = torch.Generator().manual_seed(cfg.seed)
-    start, train_seconds = 0, 0.0
-    if checkpoint:
-        with torch.no_grad():
-            for p, saved in zip(meta_params + baseline_params,
-                                checkpoint["meta_params"] + checkpoint["baseline_params"]):
-                p.copy_(saved)
-        meta_optimizer.load_state_dict(checkpoint["meta_optimizer"])
-        baseline_optimizer.load_state_dict(checkpoint["baseline_optimizer"])
-        task_generator.set_state(checkpoint["task_generator"])
-        start, train_seconds = checkpoint["iteration"], checkpoint["train_seconds"]
-        if rank == 0:
-            print(f"resumed from iteration {start}")
+    run.track(meta_params=meta_params, baseline_params=baseline_params, meta_optimizer=meta_optimizer,
+              baseline_optimizer=baseline_optimizer, task_generator=task_generator)
 
-    saved = [start]  # the iteration of the last checkpoint
-
-    def save(iteration, seconds):  # called by every process: the checkpoint holds each one's metric window
-        saved[0] = iteration
-        windows = distributed.every_process([window_meta, window_baseline], world_size)
-        if rank == 0:
-            utils.save_checkpoint(dict(
-                experiment="sinusoid", config=vars(cfg), defaults=CONFIG, iteration=iteration, train_seconds=seconds,
-                meta_params=[p.detach() for p in meta_params],
-                baseline_params=[p.detach() for p in baseline_params],
-                meta_optimizer=meta_optimizer.state_dict(),
-                baseline_optimizer=baseline_optimizer.state_dict(),
-                task_generator=task_generator.get_state(), windows=windows), checkpoint_path)
+    # ---- the algorithm, chosen once ------------------------------------------
+    algorithm = meta_learning.ALGORITHMS[cfg.algorithm]
+    inner = dict(inner_steps=cfg.reptile_inner_steps, inner_lr=cfg.reptile_inner_lr,
+                 inner_optimizer=cfg.reptile_inner_optimizer) if cfg.algorithm == "reptile" else \
+        dict(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr)
+    learner = meta_learning.Learner(models.mlp, mse, meta_batch_size=cfg.meta_batch_size,
+                                    meta_iterations=cfg.meta_iterations, meta_step=cfg.reptile_meta_step,
+                                    sum_across=functools.partial(distributed.sum_across, world_size=run.world_size),
+                                    **inner)
+    k = cfg.k_shot
 
     # ---- meta-training ------------------------------------------------------
-    if rank == 0:
-        metrics = utils.MetricsLog(os.path.join(run_dir, "metrics.csv"),
-                                   ["iteration", "meta_loss", "baseline_loss"],
-                                   resume_iteration=start if checkpoint else None)
-    k = cfg.k_shot
-    # Losses since the last row (a checkpoint keeps them: a resumed run logs the rows of an uninterrupted one).
-    # Every process trains the pretrained baseline on all the tasks: its window is the same in each.
-    window_meta, window_baseline = distributed.own_window(checkpoint, rank, world_size, metrics=2, replicated=(1,))
-    progress = tqdm(range(start, cfg.meta_iterations), initial=start, total=cfg.meta_iterations,
-                    desc=f"{cfg.algorithm} meta-training", dynamic_ncols=True, disable=rank > 0)
-    window_start = time.perf_counter()
-    forecast = utils.DurationForecast(start, cfg.meta_iterations, rank, after=200)
-    for iteration in progress:
-        utils.stop_if_requested(iteration, lambda: save(iteration, train_seconds + time.perf_counter() - window_start),
-                                "sinusoid_maml.py", argv, rank, world_size, torch.device("cpu"))
+    for iteration in run.iterations(
+            cfg.meta_iterations, recorded=("meta_loss", "baseline_loss"), same_in_every_process=("baseline_loss",),
+            log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+            description=f"{cfg.algorithm} meta-training"):
         x, y, _, _ = sample_sinusoids(task_generator, cfg.meta_batch_size, 2 * k)
-        # Every process draws the whole meta-batch and meta-learns on its share of the tasks;
-        # the pretrained baseline, which is cheap, trains on all of them in every process.
-        x_share, y_share = distributed.take_share((x, y), rank, world_size)
-        if cfg.algorithm == "reptile":
-            meta_step_size = cfg.reptile_meta_step * (1 - iteration / cfg.meta_iterations)
-            meta_loss, _ = meta_learning.reptile_meta_step(
-                models.mlp, mse, meta_params, (x_share, y_share), cfg.reptile_inner_steps,
-                cfg.reptile_inner_lr, meta_step_size, optimizer=cfg.reptile_inner_optimizer,
-                meta_batch_size=cfg.meta_batch_size,
-                sum_over_processes=functools.partial(distributed.sum_across, world_size=world_size))
-        else:
-            meta_optimizer.zero_grad()
-            meta_loss, _ = meta_learning.maml_meta_gradient(
-                models.mlp, mse, meta_params, (x_share[:, :k], y_share[:, :k]), (x_share[:, k:], y_share[:, k:]),
-                cfg.inner_steps, cfg.inner_lr, first_order=cfg.algorithm == "fomaml",
-                meta_batch_size=cfg.meta_batch_size)
-            distributed.sum_gradients(meta_params, world_size)
-            meta_optimizer.step()
+        # ALGORITHM: a meta-update on this process's share of the tasks, K support and K query points each
+        x_share, y_share = distributed.take_share((x, y), run.rank, run.world_size)
+        meta_loss, _, _ = algorithm.meta_update(learner, meta_params, meta_optimizer, (x_share[:, :k], y_share[:, :k]),
+                                                (x_share[:, k:], y_share[:, k:]), iteration)
+        # the pretrained baseline: an Adam step on all the tasks' points pooled (cheap: every process does it)
         baseline_loss = mse(models.mlp(baseline_params, x.reshape(-1, 1)), y.reshape(-1, 1))
         baseline_optimizer.zero_grad()
         baseline_loss.backward()
         baseline_optimizer.step()
-        window_meta.append(meta_loss.item())  # this process's share of the mean
-        window_baseline.append(baseline_loss.item())
-        if not (math.isfinite(window_meta[-1]) and math.isfinite(window_baseline[-1])):
-            utils.stop_diverged(f"the loss is not finite at iteration {iteration + 1} (meta-loss {window_meta[-1]}, "
-                                f"pretrained baseline {window_baseline[-1]})", saved[0])
-
-        done = iteration + 1
-        forecast.update(done)
-        if done % cfg.log_every == 0 or done == cfg.meta_iterations:
-            meta_loss_sum, = distributed.sum_across(
-                [torch.tensor(sum(window_meta) / len(window_meta), dtype=torch.float64)], world_size)
-            row = dict(iteration=done, meta_loss=meta_loss_sum.item(),
-                       baseline_loss=sum(window_baseline) / len(window_baseline))
-            if rank == 0:
-                metrics.log(**row)
-            progress.set_postfix(meta_loss=f"{row['meta_loss']:.3f}",
-                                 baseline=f"{row['baseline_loss']:.3f}")
-            window_meta, window_baseline = [], []
-        if done % cfg.checkpoint_every == 0 or done == cfg.meta_iterations:
-            train_seconds += time.perf_counter() - window_start
-            window_start = time.perf_counter()
-            save(done, train_seconds)
-    progress.close()
+        # float64, so that a metrics row's sum over its iterations is exact
+        run.record(meta_loss=meta_loss.double(), baseline_loss=baseline_loss.double())
 
     # ---- evaluation: the same 600 test tasks for every run -----------------
-    utils.stop_at_once_from_now("sinusoid_maml.py", argv, rank, world_size)
     eval_generator = torch.Generator().manual_seed(cfg.eval_seed)
     query_x, query_y, amplitude, phase = sample_sinusoids(
         eval_generator, cfg.eval_tasks, cfg.eval_query_points)
@@ -237,31 +169,31 @@ def main(argv=None):
         support[k_eval] = (x, amplitude * torch.sin(x - phase))
     sgd = dict(lr=cfg.inner_lr, optimizer="sgd")
     adaptation = {  # method: (parameters, how it adapts at test time)
-        cfg.algorithm: (meta_params, dict(lr=cfg.reptile_inner_lr, optimizer=cfg.reptile_inner_optimizer)
-                        if cfg.algorithm == "reptile" else sgd),
+        cfg.algorithm: (meta_params, dict(lr=learner.inner_lr, optimizer=learner.inner_optimizer,
+                                          head_only=algorithm.head_only)),
         "pretrained": (baseline_params, sgd),
     }
-    results = {"mse": {}, "tasks": cfg.eval_tasks, "train_seconds": round(train_seconds, 1),
-               "meta_iterations": cfg.meta_iterations, "world_size": world_size}
+    results = {"mse": {}, "tasks": cfg.eval_tasks, "train_seconds": round(run.train_seconds, 1),
+               "meta_iterations": cfg.meta_iterations, "world_size": run.world_size}
     for method, (params, inner) in adaptation.items():
         results["mse"][method] = {}
         for k_eval in tqdm(k_shots, desc=f"testing {method} on {cfg.eval_tasks} tasks", leave=False,
-                           dynamic_ncols=True, disable=rank > 0):
+                           dynamic_ncols=True, disable=run.rank > 0):
             per_task = meta_learning.evaluate_adaptation(
-                models.mlp, mse, mse, params, distributed.take_share(support[k_eval], rank, world_size),
-                distributed.take_share((query_x, query_y), rank, world_size), cfg.eval_steps, **inner)
-            results["mse"][method][str(k_eval)] = utils.summarize(distributed.gather_rows(per_task, world_size))
-    if rank > 0:
+                models.mlp, mse, mse, params, distributed.take_share(support[k_eval], run.rank, run.world_size),
+                distributed.take_share((query_x, query_y), run.rank, run.world_size), cfg.eval_steps, **inner)
+            results["mse"][method][str(k_eval)] = reports.summarize(distributed.gather_rows(per_task, run.world_size))
+    if run.rank > 0:
         return results
-    utils.save_json(results, os.path.join(run_dir, "results.json"))
+    files.save_json(results, run.path("results.json"))
     print_table(results, [0, 1, 5, cfg.eval_steps] if cfg.eval_steps > 5 else range(cfg.eval_steps + 1))
 
     # ---- plots --------------------------------------------------------------
-    plot_training(metrics.read(), cfg.algorithm, os.path.join(run_dir, "training_curve.png"))
-    plot_mse_vs_steps(results, os.path.join(run_dir, "mse_vs_steps.png"))
+    plot_training(run.metrics_rows(), cfg.algorithm, run.path("training_curve.png"))
+    plot_mse_vs_steps(results, run.path("mse_vs_steps.png"))
     plot_fits(adaptation, sample_sinusoids(eval_generator, 3, max(k_shots)), cfg.k_shot,
-              cfg.eval_steps, os.path.join(run_dir, "fits.png"))
-    print(f"results in {run_dir}")
+              cfg.eval_steps, run.path("fits.png"))
+    print(f"results in {run.dir}")
     return results
 
 
@@ -271,11 +203,11 @@ def print_table(results, steps):
     for method, by_k in results["mse"].items():
         for k, stats in by_k.items():
             print(f"{method:<11}{k:>3}" + "".join(
-                f"{utils.number(stats['mean'][s]):>11} ± {utils.number(stats['ci95'][s]):<8}" for s in steps))
+                f"{reports.number(stats['mean'][s]):>11} ± {reports.number(stats['ci95'][s]):<8}" for s in steps))
             if any(stats["diverged"]):
                 worst = max(range(len(stats["diverged"])), key=stats["diverged"].__getitem__)
                 print(f"  {method}, K = {k}: diverged on {stats['diverged'][worst]} of {results['tasks']} tasks "
-                      f"after {worst} steps (median MSE there {utils.number(stats['median'][worst])})")
+                      f"after {worst} steps (median MSE there {reports.number(stats['median'][worst])})")
 
 
 def plot_training(rows, algorithm, path):
@@ -284,9 +216,9 @@ def plot_training(rows, algorithm, path):
     ax.plot(iterations, [r["meta_loss"] for r in rows], label=f"{algorithm}: query MSE after adaptation")
     ax.plot(iterations, [r["baseline_loss"] for r in rows], label="pretrained: MSE on pooled tasks")
     ax.set(xlabel="meta-iteration", ylabel="training MSE (mean per metrics row)", title="Sinusoid meta-training")
-    utils.log_scale_if_possible(ax)
+    reports.log_scale_if_possible(ax)
     ax.legend()
-    utils.save_figure(fig, path)
+    files.save_figure(fig, path)
 
 
 def plot_mse_vs_steps(results, path):
@@ -297,12 +229,12 @@ def plot_mse_vs_steps(results, path):
     for ax, k in zip(axes[0], k_shots):
         for method in methods:
             stats = results["mse"][method][k]
-            utils.plot_with_ci(ax, stats["mean"], stats["ci95"], method)
+            reports.plot_with_ci(ax, stats["mean"], stats["ci95"], method)
         ax.set(title=f"K = {k}: mean, 95% CI over {results['tasks']} tasks", xlabel="gradient steps",
                ylabel="query MSE")
-        utils.log_scale_if_possible(ax)
+        reports.log_scale_if_possible(ax)
         ax.legend()
-    utils.save_figure(fig, path)
+    files.save_figure(fig, path)
 
 
 def plot_fits(adaptation, tasks, k, steps, path):
@@ -328,8 +260,8 @@ def plot_fits(adaptation, tasks, k, steps, path):
                        zorder=3, label=f"{k} points used")
             ax.set(title=f"{method}, K = {k}", xlabel="x", ylabel="y", ylim=(-6, 6))
     axes[0, 0].legend(fontsize=7, loc="lower left")
-    utils.save_figure(fig, path)
+    files.save_figure(fig, path)
 
 
 if __name__ == "__main__":
-    utils.run_main(main, sys.argv[1:])
+    signals.run_main(main, sys.argv[1:])

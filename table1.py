@@ -24,7 +24,6 @@ table1.png; for the repository's own docs/runs and the paper split, the table
 also replaces the block between the table1 markers in README.md.
 """
 import contextlib
-import csv
 import glob
 import io
 import json
@@ -43,6 +42,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import omniglot_maml  # noqa: E402
+import files  # noqa: E402
+import settings  # noqa: E402
 import utils  # noqa: E402
 
 CONFIG = dict(
@@ -109,7 +110,7 @@ def read_run(run_dir):
     results = read_json(results_path) if os.path.exists(results_path) else None
     others = {os.path.basename(path): read_json(path)
               for path in sorted(glob.glob(os.path.join(run_dir, "results-*.json")))}
-    rows = utils.read_metrics(os.path.join(run_dir, "metrics.csv"))
+    rows = files.read_metrics(os.path.join(run_dir, "metrics.csv"))
     return read_json(os.path.join(run_dir, "config.json")), results, rows, others
 
 
@@ -357,9 +358,9 @@ def curve_line(ax, rows, key, scale, accuracy, label):
 
 def check_inputs(cfg):
     """table1.py's own settings, before any cell starts: one line and exit 2 for a bad one."""
-    utils.check_settings(cfg, choices=dict(split=("paper", "background"), device=("auto", "cpu", "cuda")),
-                         at_least=dict(processes=1, evaluate_every=1),
-                         zero_is_off=dict(minutes="none", iterations="the paper's", total_minutes="none"))
+    settings.check_settings(cfg, choices=dict(split=("paper", "background"), device=("auto", "cpu", "cuda")),
+                            at_least=dict(processes=1, evaluate_every=1),
+                            zero_is_off=dict(minutes="none", iterations="the paper's", total_minutes="none"))
     cells = list(CELLS) if cfg.cells == "all" else cfg.cells.split(",")
     unknown = [c for c in cells if c not in CELLS]
     if unknown:
@@ -371,7 +372,7 @@ def check_inputs(cfg):
     complaint = io.StringIO()
     try:
         with contextlib.redirect_stderr(complaint):
-            utils.parse_config(omniglot_maml.CONFIG, extra, types=omniglot_maml.AUTO_TYPES)
+            settings.parse_config(omniglot_maml.CONFIG, extra, types=omniglot_maml.AUTO_TYPES)
     except SystemExit:
         utils.fail(f"--extra {cfg.extra!r}: {complaint.getvalue().strip().removeprefix('error: ')}")
     if os.path.exists(cfg.data_dir) and not os.path.isdir(cfg.data_dir):
@@ -388,7 +389,7 @@ def check_inputs(cfg):
 
 
 def main(argv=None):
-    cfg, _ = utils.parse_config(CONFIG, argv, __doc__, comments=utils.config_comments(__file__))
+    cfg, _ = settings.parse_config(CONFIG, argv, __doc__, comments=settings.config_comments(__file__))
     cells = check_inputs(cfg)
     if cfg.add:
         report(cfg.records, add(cfg.add, cfg.records))

@@ -15,8 +15,6 @@ import torch.multiprocessing as mp
 
 import distributed
 import meta_learning
-import models
-import utils
 from test_meta_learning import PROBLEMS, relative_error
 from conftest import load_file, metrics_rows
 

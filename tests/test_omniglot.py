@@ -15,7 +15,6 @@ from PIL import Image, ImageDraw
 
 import omniglot_data
 import omniglot_maml
-import utils
 from conftest import load_file, metrics_rows
 
 # A small layout for synthetic archives: (alphabets, characters per alphabet) per set.

@@ -17,7 +17,10 @@ import meta_learning
 import omniglot_data
 import omniglot_maml
 import sinusoid_maml
-import utils
+import files
+import lifecycle
+import reports
+import signals
 from conftest import load_file, metrics_rows
 from test_omniglot import QUICK, SMALL, write_archive
 
@@ -156,7 +159,7 @@ def test_a_second_run_in_a_busy_folder_is_refused_and_a_killed_run_leaves_no_loc
     # The killed run's lock went with its process: the folder can be resumed.
     checkpoint = load_file(run_dir / "checkpoint.pt")
     checkpoint["config"].update(meta_iterations=checkpoint["iteration"] + 5, eval_tasks=10, eval_k_shots="5")
-    checkpoint["checksum"] = utils.checksum(checkpoint)  # a short end, so that the test is quick
+    checkpoint["checksum"] = files.checksum(checkpoint)  # a short end, so that the test is quick
     torch.save(checkpoint, run_dir / "checkpoint.pt")
     results = sinusoid_maml.main(["--resume", "--out-dir", str(run_dir)])
     assert results["meta_iterations"] == checkpoint["iteration"] + 5
@@ -312,7 +315,7 @@ def test_a_signal_stops_after_the_iteration_with_a_checkpoint_and_resumes_to_the
         for a, b in zip(load_file(run_dir / "checkpoint.pt")[key], load_file(straight_sine / "checkpoint.pt")[key]):
             assert torch.equal(a, b)
     # Metrics rows too, though rows (every 100) and checkpoints (every 250) do not line up.
-    assert (run_dir / "metrics.csv").read_text() == (straight_sine / "metrics.csv").read_text()
+    assert metrics_rows(run_dir / "metrics.csv") == metrics_rows(straight_sine / "metrics.csv")
 
 
 def test_a_signal_during_the_final_test_stops_at_once_and_the_resume_tests_again(tmp_path):
@@ -347,13 +350,13 @@ def test_omniglot_stop_request_writes_every_file_of_the_uninterrupted_run(synthe
         requests["n"] += 1
         return 143 if requests["n"] == 6 else 0  # asked at the top of the 6th iteration: 5 are done
 
-    stop_requested = utils.stop_requested
-    monkeypatch.setattr(utils, "stop_requested", stop_at_iteration_5)
+    stop_requested = signals.stop_requested
+    monkeypatch.setattr(signals, "stop_requested", stop_at_iteration_5)
     with pytest.raises(SystemExit) as exit_info:
         omniglot_maml.main([*args, "--out-dir", str(tmp_path / "stopped")])
     assert exit_info.value.code == 143
     assert "stopped at iteration 5, checkpoint saved; continue with: python omniglot_maml.py" in capsys.readouterr().err
-    monkeypatch.setattr(utils, "stop_requested", stop_requested)
+    monkeypatch.setattr(signals, "stop_requested", stop_requested)
     resumed = omniglot_maml.main(["--resume", "--out-dir", str(tmp_path / "stopped"), "--data-dir", str(synthetic)])
     assert {**resumed["test"], "train_seconds": 0} == {**straight["test"], "train_seconds": 0}
     for name in ("checkpoint.pt", "best.pt"):
@@ -365,7 +368,7 @@ def test_omniglot_stop_request_writes_every_file_of_the_uninterrupted_run(synthe
 # ---- divergence -------------------------------------------------------------------
 def test_summary_counts_diverged_tasks_and_averages_the_others():
     per_task = torch.tensor([[1.0, 2.0], [3.0, float("inf")], [5.0, float("nan")], [7.0, 4.0]])
-    summary = utils.summarize(per_task)
+    summary = reports.summarize(per_task)
     assert summary["diverged"] == [0, 2]
     assert summary["mean"] == pytest.approx([4.0, 3.0])
     assert summary["ci95"][1] == pytest.approx(1.96 * 2 ** 0.5 / 2 ** 0.5)  # std of (2, 4) over sqrt(2)
@@ -418,7 +421,7 @@ def test_diverging_training_stops_in_one_line_naming_the_iteration(tmp_path, cap
     err = one_line_exit(capsys, lambda: sinusoid_maml.main(
         ["--meta-lr", "1e30", "--meta-iterations", "50", "--checkpoint-every", "1", "--out-dir", str(tmp_path)]),
         code=1)
-    iteration = int(err.split("training diverged: the loss is not finite at iteration ")[1].split()[0])
+    iteration = int(err.split("training diverged: meta loss is not finite at iteration ")[1].split(";")[0])
     assert load_file(tmp_path / "checkpoint.pt")["iteration"] == iteration - 1  # the last good one is kept
     assert f"its last checkpoint (iteration {iteration - 1}) is kept" in err
 
@@ -427,7 +430,7 @@ def test_diverging_omniglot_training_stops_in_one_line(synthetic, tmp_path, caps
     err = one_line_exit(capsys, lambda: omniglot_maml.main(
         [*QUICK, "--n-way", "2", "--inner-lr", "1e30", "--data-dir", str(synthetic), "--out-dir", str(tmp_path)]),
         code=1)
-    assert "training diverged: the meta-training loss is not finite at iteration 1" in err
+    assert "training diverged: train loss is not finite at iteration 1" in err
     assert "no checkpoint had been written yet" in err and "iteration 0" not in err
 
 
@@ -480,7 +483,8 @@ def test_help_shows_each_flag_with_its_comment_and_default(script, capsys):
         script.main(["--help"])
     assert exit_info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--algorithm STR maml (second order) | fomaml (first order) | reptile (default: 'maml')" in out
+    assert ("--algorithm STR maml (second order) | fomaml (first order) | anil (MAML, only the final layer adapts) | "
+            "reptile (default: 'maml')") in out
     assert "--resume [BOOL] continue the run in out_dir from its checkpoint (default: False)" in out
     if script is omniglot_maml:
         assert "taken as inner_lr x N on the mean cross-entropy" in out
@@ -525,11 +529,11 @@ def test_plots_say_what_they_show(synthetic, tmp_path, monkeypatch):
 
 def test_eval_only_before_any_validation_is_one_line(synthetic, tmp_path, monkeypatch, capsys):
     args = [*QUICK, "--n-way", "2", "--data-dir", str(synthetic), "--out-dir", str(tmp_path)]
-    stop_requested = utils.stop_requested
-    monkeypatch.setattr(utils, "stop_requested", lambda: 130)  # stopped before iteration 1
+    stop_requested = signals.stop_requested
+    monkeypatch.setattr(signals, "stop_requested", lambda: 130)  # stopped before iteration 1
     with pytest.raises(SystemExit):
         omniglot_maml.main(args)
-    monkeypatch.setattr(utils, "stop_requested", stop_requested)
+    monkeypatch.setattr(signals, "stop_requested", stop_requested)
     capsys.readouterr()
     err = one_line_exit(capsys, lambda: omniglot_maml.main([*args, "--eval-only"]))
     assert "has no validated parameters yet: continue it with --resume first" in err
@@ -542,7 +546,7 @@ def test_a_log_axis_only_for_a_wide_range_and_with_plain_tick_labels(values, log
     fig = matplotlib.figure.Figure()
     ax = fig.add_subplot()
     ax.plot([0, 1, 2], values)
-    utils.log_scale_if_possible(ax)
+    reports.log_scale_if_possible(ax)
     assert ax.get_yscale() == ("log" if log else "linear")
     if log:
         fig.canvas.draw()
@@ -552,8 +556,8 @@ def test_a_log_axis_only_for_a_wide_range_and_with_plain_tick_labels(values, log
 
 def test_the_expected_duration_is_said_once_after_the_first_iterations(monkeypatch, capsys):
     clock = [100.0]
-    monkeypatch.setattr(utils.time, "perf_counter", lambda: clock[0])
-    forecast = utils.DurationForecast(start=50, total=1050, rank=0, after=20)
+    monkeypatch.setattr(lifecycle.time, "perf_counter", lambda: clock[0])
+    forecast = lifecycle.DurationForecast(start=50, total=1050, rank=0, after=20)
     for done in range(51, 100):
         clock[0] += 0.5
         forecast.update(done)

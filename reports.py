@@ -1,0 +1,66 @@
+"""What a run reports: statistics over tasks (mean, 95% CI, diverged tasks),
+numbers for tables, and plot helpers."""
+import math
+
+import torch
+from matplotlib import ticker
+
+
+def summarize(per_task):
+    """Per column of a (tasks, steps) tensor: the mean over the tasks whose value
+    is finite and the half-width of its 95% normal confidence interval (1.96
+    standard errors), the median over all tasks, and how many tasks diverged
+    (NaN or infinite). Lists, one entry per column."""
+    values = torch.as_tensor(per_task, dtype=torch.float64)
+    finite = torch.isfinite(values)
+    n = finite.sum(0)
+    mean = torch.where(finite, values, 0).sum(0) / n
+    variance = torch.where(finite, values - mean, 0).pow(2).sum(0) / (n - 1)
+    median = torch.where(torch.isnan(values), math.inf, values).median(0).values  # NaN counts as diverged high
+    return dict(mean=mean.tolist(), ci95=(1.96 * variance.sqrt() / n.sqrt()).tolist(), median=median.tolist(),
+                diverged=(values.shape[0] - n).tolist())
+
+
+def number(x):
+    """A number for a table: 3 decimals, or 3 significant digits with an exponent when large."""
+    return "n/a" if x is None else f"{x:.3f}" if abs(x) < 1e4 else f"{x:.2e}"
+
+
+def percent(stats):
+    """The mean and 95% CI of accuracies (fractions) as percentages, None kept."""
+    return [[None if v is None else 100 * v for v in stats[key]] for key in ("mean", "ci95")]
+
+
+def log_scale_if_possible(ax, axis="y"):
+    """A log scale, with plain tick labels, on an axis whose positive finite data
+    span more than a factor of 10; else a linear one (a narrow range, or a
+    diverged run, still plots)."""
+    data = [line.get_ydata() if axis == "y" else line.get_xdata() for line in ax.get_lines()]
+    values = torch.cat([torch.as_tensor(d, dtype=torch.float64).flatten() for d in data]) if data else torch.zeros(0)
+    values = values[torch.isfinite(values) & (values > 0)]
+    if len(values) and values.max() > 10 * values.min():
+        ax.set(**{f"{axis}scale": "log"})
+        scale_axis = ax.yaxis if axis == "y" else ax.xaxis
+        scale_axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        scale_axis.set_minor_formatter(ticker.NullFormatter())
+
+
+LINE_STYLES = [dict(linestyle=style, marker=marker) for style, marker in
+               (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v"), ((0, (1, 1)), "P"))]
+
+
+def plot_with_ci(ax, mean, ci, label, **style):
+    """A line over steps 0..S with its 95% confidence band."""
+    steps = range(len(mean))
+    mean, ci = (torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
+                for values in (mean, ci))
+    line, = ax.plot(steps, mean, **{"marker": "o", "markersize": 4, **style}, label=label)
+    ax.fill_between(steps, mean - ci, mean + ci, alpha=0.2, color=line.get_color())
+
+
+def print_accuracy_by_step(stats, tasks, headline_step):
+    """Test accuracy after each number of adaptation steps, as the paper's figures show it."""
+    print(f"test accuracy (%) after each number of adaptation steps, mean ± 95% CI over {tasks} tasks:")
+    for step, (mean, ci) in enumerate(zip(*percent(stats))):
+        shown = "n/a" if mean is None or ci is None else f"{mean:6.2f} ± {ci:.2f}"
+        print(f"  {step:>3} steps: {shown}" + ("  (the headline)" if step == headline_step else ""))
