@@ -9,7 +9,6 @@ import meta_learning
 import models
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     torch.set_default_dtype(torch.float64)
@@ -177,14 +176,89 @@ def test_reptile_meta_step_moves_params_by_eps_times_mean_displacement(optimizer
     assert predictions[1, 2, 0].item() == pytest.approx(adapted[1][0] * x[1, 2, 0].item() + adapted[1][1], rel=1e-12)
 
 
-def test_evaluate_adaptation_reports_metric_after_each_step():
+@pytest.mark.parametrize("head_only", [False, True])
+def test_evaluate_adaptation_reports_metric_after_each_step(head_only):
     forward, loss_fn, params, support, query, lr = mlp_problem(torch.Generator().manual_seed(3))
-    per_step = meta_learning.evaluate_adaptation(forward, loss_fn, loss_fn, params, support, query, 3, lr)
+    per_step = meta_learning.evaluate_adaptation(forward, loss_fn, loss_fn, params, support, query, 3, lr,
+                                                 head_only=head_only)
     assert per_step.shape == (5, 4)
+    reference = anil_reference if head_only else meta_learning.maml_meta_loss_loop
     for task in range(5):
         for steps in range(4):
-            _, prediction = meta_learning.maml_meta_loss_loop(
+            _, prediction = reference(
                 forward, loss_fn, params, (support[0][task:task + 1], support[1][task:task + 1]),
                 (query[0][task:task + 1], query[1][task:task + 1]), steps, lr)
             expected = loss_fn(prediction[0], query[1][task])
             assert per_step[task, steps].item() == pytest.approx(expected.item(), rel=1e-10)
+
+
+# ---- ANIL ----------------------------------------------------------------------------
+def anil_reference(forward, loss_fn, params, support, query, steps, lr, first_order=False):
+    """ANIL task by task: the final layer's weight and bias take SGD steps on the
+    support set (torch.autograd.grad), every other parameter stays as it is."""
+    *body, weight, bias = params
+    losses, predictions = [], []
+    for support_x, support_y, query_x, query_y in zip(*support, *query):
+        w, b = weight, bias
+        for _ in range(steps):
+            loss = loss_fn(forward([*body, w, b], support_x), support_y)
+            grad_w, grad_b = torch.autograd.grad(loss, (w, b), create_graph=not first_order)
+            w, b = w - lr * grad_w, b - lr * grad_b
+        prediction = forward([*body, w, b], query_x)
+        losses.append(loss_fn(prediction, query_y))
+        predictions.append(prediction)
+    return torch.stack(losses).mean(), torch.stack(predictions)
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_anil_meta_gradient_matches_per_task_reference(problem, steps, first_order):
+    forward, loss_fn, params, support, query, lr = PROBLEMS[problem](torch.Generator().manual_seed(5))
+    args = (forward, loss_fn, params, support, query, steps, lr, first_order)
+    expected = meta_gradient(anil_reference, *args)
+    anil = functools.partial(meta_learning.maml_meta_loss, head_only=True)
+    assert relative_error(meta_gradient(anil, *args), expected) < 1e-10
+    loop = functools.partial(meta_learning.maml_meta_loss_loop, head_only=True)
+    assert relative_error(meta_gradient(loop, *args), expected) < 1e-10
+    for grouping in GROUPINGS.values():  # as the scripts call it
+        for p in params:
+            p.grad = None
+        meta_learning.maml_meta_gradient(*args, head_only=True, **grouping)
+        assert relative_error([p.grad for p in params], expected) < 1e-10
+    assert all(g.abs().sum() > 0 for g in expected)  # the meta-gradient reaches every layer
+    maml = meta_gradient(meta_learning.maml_meta_loss, *args)
+    assert relative_error(expected, maml) > 1e-4  # and ANIL is not MAML
+
+
+def test_anil_second_order_terms_reach_the_body():
+    forward, loss_fn, params, support, query, lr = cnn_problem(torch.Generator().manual_seed(6))
+    args = (forward, loss_fn, params, support, query, 2, lr)
+    second = meta_gradient(anil_reference, *args, first_order=False)
+    first = meta_gradient(anil_reference, *args, first_order=True)
+    assert relative_error(second[:-2], first[:-2]) > 1e-4
+
+
+# ---- the algorithms' one interface -------------------------------------------------
+@pytest.mark.parametrize("name", meta_learning.ALGORITHMS)
+def test_every_algorithm_is_one_meta_update_of_the_same_signature(name):
+    forward, loss_fn, params, support, query, lr = mlp_problem(torch.Generator().manual_seed(7))
+    learner = meta_learning.Learner(forward, loss_fn, inner_steps=2, inner_lr=lr, meta_batch_size=5,
+                                    meta_iterations=10, meta_step=0.5, tasks_per_call=2)
+    start = [p.detach().clone() for p in params]
+    optimizer = torch.optim.SGD(params, lr=1.0)  # so that the step is the meta-gradient itself
+    algorithm = meta_learning.ALGORITHMS[name]
+    loss, predictions, targets = algorithm.meta_update(learner, params, optimizer, support, query, iteration=4)
+    if name == "reptile":  # in place: theta + eps (1 - 4 / 10) mean(phi - theta), on support and query together
+        expected = [p.detach().clone() for p in start]
+        tasks = [torch.cat(parts, 1) for parts in zip(support, query)]
+        meta_learning.reptile_meta_step(forward, loss_fn, expected, tasks, 2, lr, 0.5 * 0.6, optimizer="sgd")
+        assert targets.shape == tasks[1].shape
+    else:
+        reference = anil_reference if algorithm.head_only else meta_learning.maml_meta_loss_loop
+        gradient = meta_gradient(reference, forward, loss_fn, [p.clone().requires_grad_() for p in start],
+                                 support, query, 2, lr, name == "fomaml")
+        expected = [p - g for p, g in zip(start, gradient)]
+        assert torch.equal(targets, query[1])
+    assert relative_error([p - s for p, s in zip(params, start)], [e - s for e, s in zip(expected, start)]) < 1e-10
+    assert loss.shape == () and not loss.requires_grad and predictions.shape == targets.shape
