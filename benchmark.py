@@ -6,6 +6,7 @@ repeated iterations); for Omniglot also the time of the convolutions alone.
     python benchmark.py sinusoid
     python benchmark.py omniglot [--device cuda] [--configs 5w1s,20w5s] [--repeats 3]
     python benchmark.py processes [--configs 5w1s,20w1s]   # needs the data in data/omniglot
+    python benchmark.py algorithms [--configs 5w1s] [--repeats 20]   # each of meta_learning.ALGORITHMS
 
 Omniglot tasks are sampled by the real task sampler from random images of the
 real shape and number (speed does not depend on pixel values), so no data is needed.
@@ -166,6 +167,45 @@ def omniglot(device, repeats, configs):
                   flush=True)
 
 
+def algorithms(device, repeats, configs):
+    """Seconds per meta-iteration of each algorithm of meta_learning.ALGORITHMS as
+    omniglot_maml.py runs it (the paper's MAML settings; Reptile's own: 5 tasks of
+    10 images per class, 5 Adam steps on batches of 10), their iterations
+    interleaved in one process so that all see the same machine."""
+    random_images = np.random.default_rng(0).integers(0, 256, (TRAIN_CHARACTERS, omniglot_data.DRAWERS, 28, 28),
+                                                      dtype=np.uint8)
+    sampler = omniglot_data.TaskSampler(random_images, rotations=True, device=device)
+    names = list(meta_learning.ALGORITHMS)
+    print("| Omniglot (paper settings) | " + " | ".join(f"{name} s/iter" for name in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for config in configs:
+        n_way, k_shot, tasks, steps, lr = OMNIGLOT_CONFIGS[config]
+        runs = {}
+        for name in names:
+            params = [p.to(device).requires_grad_() for p in models.init_cnn(n_way)]
+            reptile = name == "reptile"
+            learner = meta_learning.Learner(
+                models.cnn, F.cross_entropy, inner_steps=5 if reptile else steps, inner_lr=1e-3 if reptile else lr,
+                meta_batch_size=5 if reptile else tasks, meta_iterations=100_000,
+                **(dict(inner_optimizer="adam", inner_batch=10) if reptile else
+                   meta_learning.task_grouping(device, tasks, 2 * n_way * k_shot)))
+            sample = functools.partial(sampler.sample, learner.meta_batch_size, n_way, 10 if reptile else k_shot,
+                                       0 if reptile else k_shot, torch.Generator().manual_seed(0))
+            runs[name] = (learner, params, torch.optim.Adam(params, lr=1e-3), sample, [])
+        for round in range(2 + repeats):  # the first two rounds warm up
+            for name, (learner, params, optimizer, sample, times) in runs.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                meta_learning.ALGORITHMS[name].meta_update(learner, params, optimizer, *sample(), round)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if round >= 2:
+                    times.append(time.perf_counter() - start)
+        print(f"| {config} | " + " | ".join(f"{statistics.median(run[-1]):.4f}" for run in runs.values()) + " |",
+              flush=True)
+
+
 # How each launch of omniglot_maml.py runs: (command prefix, threads per process).
 LAUNCHES = {
     "1 process, 1 thread": ([sys.executable], 1),
@@ -202,7 +242,7 @@ def processes(configs):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", choices=["sinusoid", "omniglot", "processes"])
+    parser.add_argument("experiment", choices=["sinusoid", "omniglot", "processes", "algorithms"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3, help="timed meta-iterations per cell (x50 for sinusoid)")
     parser.add_argument("--configs", default=",".join(OMNIGLOT_CONFIGS), help="Omniglot configurations to time")
@@ -213,5 +253,7 @@ if __name__ == "__main__":
         sinusoid(device, args.repeats)
     elif args.experiment == "omniglot":
         omniglot(device, args.repeats, args.configs.split(","))
+    elif args.experiment == "algorithms":
+        algorithms(device, args.repeats, args.configs.split(","))
     else:
         processes(args.configs.split(","))

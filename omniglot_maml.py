@@ -159,6 +159,26 @@ def build_network(model, n_way, generator, device):
     return [p.to(device).requires_grad_() for p in params], forward
 
 
+def task_samplers(cfg, run):
+    """Task samplers of the split's meta-training, validation and test characters."""
+    with distributed.rank_zero_first(run.rank, run.world_size):  # process 0 builds the cache
+        try:
+            images, names = omniglot_data.load_omniglot(cfg.data_dir)
+        except omniglot_data.DataError as error:
+            utils.fail(str(error))
+    train_chars, validation_chars, test_chars = omniglot_data.split_characters(names, cfg.split)
+    samplers = {
+        "train": omniglot_data.TaskSampler(images[train_chars], rotations=True, device=run.device),
+        "validation": omniglot_data.TaskSampler(images[validation_chars], cfg.rotate_test_classes, run.device),
+        "test": omniglot_data.TaskSampler(images[test_chars], cfg.rotate_test_classes, run.device),
+    }
+    for part, sampler in samplers.items():
+        if cfg.n_way > sampler.n_classes:
+            utils.fail(f"--n-way {cfg.n_way} exceeds the {sampler.n_classes} classes of the "
+                       f"{cfg.split} split's {part} set")
+    return samplers
+
+
 def main(argv=None):
     # ---- config -------------------------------------------------------------
     cfg, given = settings.parse_config(CONFIG, argv, __doc__, types=AUTO_TYPES,
@@ -176,21 +196,7 @@ def main(argv=None):
     cfg, device = run.cfg, run.device
 
     # ---- data ---------------------------------------------------------------
-    with distributed.rank_zero_first(run.rank, run.world_size):  # process 0 builds the cache
-        try:
-            images, names = omniglot_data.load_omniglot(cfg.data_dir)
-        except omniglot_data.DataError as error:
-            utils.fail(str(error))
-    train_chars, validation_chars, test_chars = omniglot_data.split_characters(names, cfg.split)
-    samplers = {
-        "train": omniglot_data.TaskSampler(images[train_chars], rotations=True, device=device),
-        "validation": omniglot_data.TaskSampler(images[validation_chars], cfg.rotate_test_classes, device),
-        "test": omniglot_data.TaskSampler(images[test_chars], cfg.rotate_test_classes, device),
-    }
-    for part, sampler in samplers.items():
-        if cfg.n_way > sampler.n_classes:
-            utils.fail(f"--n-way {cfg.n_way} exceeds the {sampler.n_classes} classes of the "
-                       f"{cfg.split} split's {part} set")
+    samplers = task_samplers(cfg, run)
     run.start(f"device {device}, {run.world_size} process(es); classes: "
               + ", ".join(f"{p} {s.n_classes}" for p, s in samplers.items()))
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import meta_learning
 import omniglot_data
 import omniglot_maml
 from conftest import load_file, metrics_rows
@@ -305,6 +306,30 @@ def test_script_trains_and_evaluates_on_synthetic_data(synthetic_dir, tmp_path):
     assert saved["test"]["headline_step"] == 4 and saved["test"]["accuracy"] == rotated["test"]["accuracy"]
     assert rotated["test"]["accuracy"] != test["accuracy"]
     assert os.path.getsize(out / "test_accuracy-rotate_test_classes=True-test_tasks=10-test_steps=4.png") > 0
+
+
+@pytest.mark.parametrize("algorithm", meta_learning.ALGORITHMS)
+def test_every_algorithm_gives_the_same_outputs_and_adapts_at_test_as_it_trains(synthetic_dir, tmp_path, monkeypatch,
+                                                                                algorithm):
+    evaluate, head_only = meta_learning.evaluate_adaptation, []
+
+    def recorded(*args, **kwargs):
+        head_only.append(kwargs.get("head_only", False))
+        return evaluate(*args, **kwargs)
+    monkeypatch.setattr(meta_learning, "evaluate_adaptation", recorded)
+    out = tmp_path / algorithm
+    results = omniglot_maml.main([*QUICK, "--n-way", "2", "--algorithm", algorithm, "--reptile-train-shots", "4",
+                                  "--data-dir", str(synthetic_dir), "--out-dir", str(out)])
+    assert set(head_only) == {algorithm == "anil"}  # ANIL adapts only the final layer, at test too
+    assert set(results["test"]) == {"accuracy", "headline_step", "tasks", "split", "rotate_test_classes",
+                                    "best_iteration", "best_validation_accuracy", "meta_iterations", "train_seconds"}
+    for name in ("config.json", "metrics.csv", "checkpoint.pt", "best.pt", "results.json",
+                 "training_curves.png", "test_accuracy.png"):
+        assert os.path.getsize(out / name) > 0
+    rows = metrics_rows(out / "metrics.csv")
+    assert list(rows[0]) == ["iteration", "train_loss", "train_accuracy", "validation_accuracy", "test_accuracy",
+                             "test_ci95"]
+    assert all(0 <= float(row["train_accuracy"]) <= 1 for row in rows)
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
