@@ -33,6 +33,10 @@ def single_thread_env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
 
 
+# Characters of a failed run's stderr that an assertion shows: a worker's error comes before torchrun's summary.
+ERROR_TAIL = 6000
+
+
 def torchrun(*args, nproc=2, **kwargs):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--master-port", str(free_port()), *args]
@@ -141,7 +145,7 @@ def test_torchrun_sinusoid_run_equals_one_process(tmp_path):
                          capture_output=True, text=True, timeout=240)
     assert one.returncode == 0, one.stderr[-2000:]
     two = torchrun(*sine(tmp_path / "two"))
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-ERROR_TAIL:]
     assert_same_params(final_params(tmp_path / "two"), final_params(tmp_path / "one"))
     results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two")}
     assert results["one"]["world_size"] == 1 and results["two"]["world_size"] == 2
@@ -184,7 +188,7 @@ def test_torchrun_omniglot_run_equals_one_process_and_stops_together(real_data_d
                          env=single_thread_env(), capture_output=True, text=True, timeout=240)
     assert one.returncode == 0, one.stderr[-2000:]
     two = torchrun(*args, "--out-dir", str(tmp_path / "two"))
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-ERROR_TAIL:]
     checkpoints = [load_file(str(tmp_path / n / "checkpoint.pt")) for n in ("one", "two")]
     # Adam divides by the gradient's size, so in 6 steps a summation-order difference in a near-zero
     # gradient can move a parameter by a fraction of the step size (1e-3); the exact equality of the
@@ -198,7 +202,7 @@ def test_torchrun_omniglot_run_equals_one_process_and_stops_together(real_data_d
 
     budget = torchrun(*args, "--meta-iterations", "1000", "--train-minutes", "0.0001",
                       "--out-dir", str(tmp_path / "budget"))
-    assert budget.returncode == 0, budget.stderr[-2000:]
+    assert budget.returncode == 0, budget.stderr[-ERROR_TAIL:]
     assert json.loads((tmp_path / "budget" / "results.json").read_text())["test"]["meta_iterations"] == 2
     assert budget.stdout.count("stopped after iteration 2") == 1
 
@@ -255,7 +259,7 @@ def test_killed_torchrun_run_resumes_under_torchrun_and_with_another_world_size(
         else:
             resumed = subprocess.run([sys.executable, *resume], cwd=ROOT, env=single_thread_env(),
                                      capture_output=True, text=True, timeout=240)
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert resumed.returncode == 0, resumed.stderr[-ERROR_TAIL:]
         assert ("resuming a run of 2 process(es) in 1" in resumed.stdout) == (resume_processes == 1)
         assert_same_params(final_params(run_dir), final_params(tmp_path / "straight"))
         assert json.loads((run_dir / "results.json").read_text())["world_size"] == resume_processes
@@ -307,7 +311,7 @@ def test_a_signal_to_the_launcher_stops_every_process_with_its_code_and_resumes_
     assert f"stopped at iteration {stopped_at}, checkpoint saved; continue with: python distributed.py " \
            f"--processes 2 sinusoid_maml.py" in output
     resumed = launcher("sinusoid_maml.py", "--resume", "--out-dir", str(run_dir))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.returncode == 0, resumed.stderr[-ERROR_TAIL:]
     straight = launcher(*sine(tmp_path / "straight", "--meta-iterations", "60", "--checkpoint-every", "10",
                               "--log-every", "7", *SLOW))
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -346,4 +350,4 @@ def test_sigterm_to_torchrun_stops_the_workers_with_a_checkpoint_and_torchrun_re
     assert f"stopped at iteration {stopped_at}, checkpoint saved; continue with: torchrun --nproc-per-node 2 " \
            f"sinusoid_maml.py" in output
     resumed = torchrun("sinusoid_maml.py", "--resume", "--out-dir", str(run_dir))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.returncode == 0, resumed.stderr[-ERROR_TAIL:]
