@@ -297,14 +297,13 @@ class Run:
         values. `recorded` names them (in order), `evaluated` names the other
         columns of metrics.csv; same_in_every_process: recorded values that every
         process holds whole (not a share), averaged but not summed."""
-        self.recorded, self.evaluated, self.keeps_best = recorded, evaluated, "validation_accuracy" in evaluated
-        self.same_in_every_process = same_in_every_process
-        self.total, self.log_every, self.checkpoint_every, self.test_every = total, log_every, checkpoint_every, \
-            test_every
-        self.budget = 60 * train_minutes
+        self.recorded, self.evaluated, self.same_in_every_process = recorded, evaluated, same_in_every_process
+        self.keeps_best = "validation_accuracy" in evaluated
+        self.total, self.log_every, self.checkpoint_every = total, log_every, checkpoint_every
+        self.test_every, self.budget = test_every, 60 * train_minutes
         if self.rank == 0:
-            self.metrics = files.MetricsLog(self.path("metrics.csv"), ["iteration", "train_seconds", *recorded,
-                                                                       *evaluated],
+            columns = ["iteration", "train_seconds", *recorded, *evaluated]
+            self.metrics = files.MetricsLog(self.path("metrics.csv"), columns,
                                             resume_iteration=self.iteration if self.checkpoint else None)
         windows = distributed.own_window(self.checkpoint, self.rank, self.world_size, metrics=len(recorded),
                                          replicated=[recorded.index(name) for name in same_in_every_process])
