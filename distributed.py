@@ -74,12 +74,6 @@ def sum_across(tensors, world_size):
     return [total.view_as(t) for t, total in zip(tensors, flat.split([t.numel() for t in tensors]))]
 
 
-def sum_gradients(params, world_size):
-    """Sum .grad over all processes (each holds its tasks' share of the mean)."""
-    for p, total in zip(params, sum_across([p.grad for p in params], world_size)):
-        p.grad = total
-
-
 def largest(value, world_size, device):
     """The largest of the processes' values of a number (the one value with 1 process)."""
     if world_size == 1:

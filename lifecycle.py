@@ -47,7 +47,7 @@ import distributed
 import files
 import settings
 import signals
-from utils import fail
+from utils import fail, use_threads
 
 # Keys that may be given anew when a run is resumed: where it and its data live,
 # where and on how many threads it runs, how many tasks its final test uses, and its
@@ -220,17 +220,21 @@ class Run:
     (dict(accuracy, iteration, params) of the best validation), results_name."""
 
     def __init__(self, experiment, script, argv, cfg, given, defaults, *, device, folder, named_keys,
-                 shared_tasks, free_on_resume=(), free_when_testing=()):
+                 shared_tasks, threads=0, free_on_resume=lambda config: set(), free_when_testing=()):
         """experiment: its name (results/<experiment>/, a checkpoint's owner); script
         and argv: for the command that continues a stopped run; folder: the default
         folder's name, named_keys the settings it says; shared_tasks: {setting: tasks}
-        that the processes share out; free_on_resume: settings that may change on
-        resume; free_when_testing: those an --eval-only may change, which then
-        writes results-<key>=<value>.json beside the run's own."""
+        that the processes share out; threads: torch's threads in this process (0:
+        torch's default); free_on_resume(config): the settings that a run with these
+        settings (a dict; the saved run's when resuming) may change on resume;
+        free_when_testing: those an --eval-only may change, which then writes
+        results-<key>=<value>.json beside the run's own."""
         self.experiment, self.script, self.argv = experiment, os.path.basename(script), argv
+        use_threads(threads)
         self.rank, self.world_size, self.device = distributed.setup(device)  # 1 process unless launched with more
         settings.check_tasks_per_process(self.world_size, **shared_tasks)
-        self.dir = cfg.out_dir or default_run_dir(experiment, folder, cfg, given, named_keys, also_free=free_on_resume)
+        self.dir = cfg.out_dir or default_run_dir(experiment, folder, cfg, given, named_keys,
+                                                  also_free=free_on_resume(vars(cfg)))
         self.evaluating_only = getattr(cfg, "eval_only", False)
         self.checkpoint = None
         if self.rank == 0:
@@ -245,8 +249,8 @@ class Run:
             if before != self.world_size and self.rank == 0:
                 print(f"resuming a run of {before} process(es) in {self.world_size}: the tasks are the same, "
                       f"the sums over them are added up in another order")
-            cfg = resumed_config(self.checkpoint, cfg, given, defaults, also_free=set(free_on_resume) | set(
-                free_when_testing if self.evaluating_only else ()))
+            free = free_on_resume(self.checkpoint["config"]) | set(free_when_testing if self.evaluating_only else ())
+            cfg = resumed_config(self.checkpoint, cfg, given, defaults, also_free=free)
             retest = {key: getattr(cfg, key) for key in free_when_testing
                       if self.evaluating_only and getattr(cfg, key) != self.checkpoint["config"][key]}
         self.results_name = "-".join(["results", *(f"{key}={value}" for key, value in retest.items())])
@@ -342,8 +346,9 @@ class Run:
         test = self.test_every > 0 and (self.done % self.test_every == 0 or self.done == self.total)
         if not (checkpoint or test or self.done % self.log_every == 0):
             return self.due
-        self._stop_if_not_finite()
-        means = {name: torch.stack(window).mean() for name, window in self.windows.items()}
+        windows = {name: torch.stack(window) for name, window in self.windows.items()}
+        self._stop_if_not_finite(windows)
+        means = {name: window.mean() for name, window in windows.items()}
         summed = [name for name in self.recorded if name not in self.same_in_every_process]
         *sums, stop = distributed.sum_across(
             [means[name] for name in summed] + [torch.tensor(float(over_budget), device=self.device)],
@@ -357,9 +362,9 @@ class Run:
                        test=test or (self.out_of_time and self.test_every > 0))
         return self.due
 
-    def _stop_if_not_finite(self):
-        for name, window in self.windows.items():
-            finite = torch.isfinite(torch.stack(window))
+    def _stop_if_not_finite(self, windows):
+        for name, window in windows.items():
+            finite = torch.isfinite(window)
             if not finite.all():  # the same iteration in every process: they share parameters
                 first = self.done - len(window) + 1 + int((~finite).nonzero()[0])
                 stop_diverged(f"{name.replace('_', ' ')} is not finite at iteration {first}", self.iteration)

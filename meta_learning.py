@@ -239,6 +239,11 @@ class Learner:
     inner_batch: Optional[int] = None  # reptile: examples per inner step (None: all of the task's)
     meta_step: float = 1.0  # reptile: the outer step size at the start, annealed linearly to 0
 
+    def sum_gradients(self, params):
+        """Each .grad summed over processes (each holds its tasks' share of the mean)."""
+        for p, total in zip(params, self.sum_across([p.grad for p in params])):
+            p.grad = total
+
 
 # A meta-update: meta_update(learner, params, optimizer, support, query, iteration) updates
 # params (through optimizer or in place) from a meta-batch of tasks, support and query as
@@ -251,8 +256,7 @@ def maml(learner, params, optimizer, support, query, iteration, first_order=Fals
         learner.forward, learner.loss_fn, params, support, query, learner.inner_steps, learner.inner_lr,
         first_order=first_order, tasks_per_call=learner.tasks_per_call, batched=learner.batched,
         meta_batch_size=learner.meta_batch_size, head_only=head_only)
-    for p, total in zip(params, learner.sum_across([p.grad for p in params])):
-        p.grad = total
+    learner.sum_gradients(params)
     optimizer.step()
     return loss, predictions, query[1]
 
@@ -283,11 +287,18 @@ def reptile(learner, params, optimizer, support, query, iteration):
 class Algorithm(NamedTuple):
     meta_update: Callable
     head_only: bool = False  # adapts only the final layer, in meta-training and at test
+    anneals: bool = False  # its steps follow a schedule over meta_iterations, which a resume may not change
 
 
 ALGORITHMS = {
     "maml": Algorithm(maml),
     "fomaml": Algorithm(fomaml),
     "anil": Algorithm(anil, head_only=True),
-    "reptile": Algorithm(reptile),
+    "reptile": Algorithm(reptile, anneals=True),
 }
+
+
+def free_on_resume(config):
+    """The settings that a resumed run (config: its settings, a dict) may change:
+    its budget of iterations, unless its algorithm follows a schedule over them."""
+    return set() if ALGORITHMS[config["algorithm"]].anneals else {"meta_iterations"}

@@ -1,5 +1,5 @@
 """Omniglot N-way K-shot classification with MAML (Finn et al. 2017, section 5.2,
-Table 1, appendix A.1), first-order MAML and Reptile.
+Table 1, appendix A.1), first-order MAML, ANIL and Reptile (docs/algorithms.md).
 
     python omniglot_maml.py                          # 5-way 1-shot, the paper's setting
     python omniglot_maml.py --n-way 20 --k-shot 5    # any of Table 1's four configurations
@@ -9,10 +9,7 @@ Table 1, appendix A.1), first-order MAML and Reptile.
 Every value in CONFIG can be overridden as --name value (dashes for underscores).
 A run writes config.json, metrics.csv, checkpoint.pt (latest), best.pt (best
 validation accuracy), results.json and plots to its folder; --resume continues it.
-
-Batch norm always uses the statistics of the batch it sees, at meta-test time
-too: the query set of a task is classified as one batch (transductive, as in
-the paper and its code).
+The data, splits, network (batch norm is transductive) and protocol: docs/omniglot.md.
 """
 import functools
 import math
@@ -72,8 +69,7 @@ CONFIG = dict(
     threads=0,                  # torch threads per process (0: torch's default, one per core); on a machine
                                 # that other jobs share, 1 (see the README's quick start)
     seed=0,                     # seed of the initial parameters and of the training tasks
-    out_dir="",                 # default: results/omniglot/<algorithm>-<split>-<N>w<K>s-seed<seed>[-<key>=<value>
-                                # for each other setting given on the command line]
+    out_dir="",                 # default: results/omniglot/<algorithm>-<split>-<N>w<K>s-seed<seed>[-<settings given>]
     resume=False,               # continue the run in out_dir from its checkpoint
     eval_only=False,            # only test the run's best checkpoint; given other --rotate-test-classes,
                                 # --test-tasks or --test-steps, into results-<key>=<value>.json beside the run's
@@ -91,8 +87,7 @@ PAPER_DEFAULTS = {
     ("reptile", 20): dict(meta_iterations=200_000, meta_batch_size=5, inner_lr=5e-4, inner_steps=10,
                           test_steps=50, reptile_inner_batch=20, reptile_eval_batch=10),
 }
-AUTO_TYPES = {"meta_iterations": int, "meta_batch_size": int, "inner_lr": float, "inner_steps": int,
-              "test_steps": int, "reptile_inner_batch": int, "reptile_eval_batch": int}
+AUTO_TYPES = {key: type(value) for paper in PAPER_DEFAULTS.values() for key, value in paper.items()}  # of the Nones
 MODELS = ("cnn", "maxpool", "mlp")
 REPORTED_STEPS = 10  # test accuracy is reported after 0..max(10, test_steps) steps
 VALIDATION_SEED, TEST_SEED = 1, 2  # the same validation and test tasks for every run
@@ -127,11 +122,10 @@ def validate(cfg):
         cfg, choices=dict(algorithm=tuple(meta_learning.ALGORITHMS), split=omniglot_data.SPLITS, model=MODELS),
         at_least=dict(n_way=2, **{key: 1 for key in (
             "k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "test_steps", "reptile_train_shots",
-            "reptile_inner_batch", "reptile_eval_batch", "log_every", "validate_every", "validation_tasks")}),
+            "reptile_inner_batch", "reptile_eval_batch", "log_every", "validate_every", "validation_tasks")},
+                      test_tasks=2),  # 2 tasks at least for a confidence interval
         positive=("meta_lr", "inner_lr", "reptile_meta_step"),
         zero_is_off=dict(train_minutes="no limit", test_every="only the final test"))
-    if cfg.test_tasks < 2:
-        utils.fail(f"--test-tasks must be at least 2 for a confidence interval, got {cfg.test_tasks}")
     drawers = omniglot_data.DRAWERS
     if 2 * cfg.k_shot > drawers:
         utils.fail(f"--k-shot {cfg.k_shot} with as many query images needs {2 * cfg.k_shot} drawers; "
@@ -185,13 +179,13 @@ def main(argv=None):
                                        comments=settings.config_comments(__file__), none_means=paper_values())
     resolve_paper_defaults(cfg)
     validate(cfg)
-    utils.use_threads(cfg.threads)
     run = lifecycle.Run("omniglot", __file__, argv, cfg, given, CONFIG, device=utils.pick_device(cfg.device),
+                        threads=cfg.threads,
                         folder=f"{cfg.algorithm}-{cfg.split}-{cfg.n_way}w{cfg.k_shot}s-seed{cfg.seed}",
                         named_keys={"algorithm", "split", "n_way", "k_shot", "seed"},
                         shared_tasks=dict(meta_batch_size=cfg.meta_batch_size, validation_tasks=cfg.validation_tasks,
                                           test_tasks=cfg.test_tasks),
-                        free_on_resume={"meta_iterations"} if cfg.algorithm != "reptile" else set(),
+                        free_on_resume=meta_learning.free_on_resume,
                         free_when_testing=TEST_ONLY_KEYS)
     cfg, device = run.cfg, run.device
 
@@ -267,12 +261,8 @@ def main(argv=None):
     if run.rank > 0:
         return results
     files.save_json(results, run.path(run.results_name + ".json"))
-    s, diverged = cfg.test_steps, test_accuracy["diverged"][cfg.test_steps]
-    print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot, best iteration {run.best['iteration']}: "
-          f"test accuracy after {s} steps {100 * test_accuracy['mean'][s]:.2f} "
-          f"± {100 * test_accuracy['ci95'][s]:.2f}% "
-          f"({cfg.test_tasks} tasks{f'; diverged on {diverged} of them' if diverged else ''}); "
-          f"trained {run.train_seconds:.0f} s")
+    print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot: the best validation at iteration "
+          f"{run.best['iteration']}, after {run.train_seconds:.0f} s of training")
     reports.print_accuracy_by_step(test_accuracy, cfg.test_tasks, cfg.test_steps)
 
     # ---- plots --------------------------------------------------------------

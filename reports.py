@@ -59,8 +59,10 @@ def plot_with_ci(ax, mean, ci, label, **style):
 
 
 def print_accuracy_by_step(stats, tasks, headline_step):
-    """Test accuracy after each number of adaptation steps, as the paper's figures show it."""
+    """Test accuracy after each number of adaptation steps, as the paper's figures show it,
+    with the tasks whose adaptation diverged."""
     print(f"test accuracy (%) after each number of adaptation steps, mean ± 95% CI over {tasks} tasks:")
-    for step, (mean, ci) in enumerate(zip(*percent(stats))):
+    for step, (mean, ci, diverged) in enumerate(zip(*percent(stats), stats["diverged"])):
         shown = "n/a" if mean is None or ci is None else f"{mean:6.2f} ± {ci:.2f}"
-        print(f"  {step:>3} steps: {shown}" + ("  (the headline)" if step == headline_step else ""))
+        print(f"  {step:>3} steps: {shown}" + ("  (the headline)" if step == headline_step else "")
+              + (f"; diverged on {diverged} of the tasks" if diverged else ""))

@@ -61,8 +61,7 @@ CONFIG = dict(
                                 # for more than one to help, and on a shared machine more are much slower
     log_every=100,              # iterations per metrics.csv row
     checkpoint_every=1000,      # iterations between checkpoints
-    out_dir="",                 # default: results/sinusoid/<algorithm>-k<k_shot>-seed<seed>[-<key>=<value>
-                                # for each other setting given on the command line]
+    out_dir="",                 # default: results/sinusoid/<algorithm>-k<k_shot>-seed<seed>[-<settings given>]
     resume=False,               # continue the run in out_dir from its checkpoint
 )
 INNER_OPTIMIZERS = ("adam", "sgd")
@@ -74,12 +73,10 @@ INPUT_RANGE = (-5.0, 5.0)
 def validate(cfg):
     settings.check_settings(
         cfg, choices=dict(algorithm=tuple(meta_learning.ALGORITHMS), reptile_inner_optimizer=INNER_OPTIMIZERS),
-        at_least={key: 1 for key in ("k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "hidden_units",
-                                     "reptile_inner_steps", "eval_steps", "eval_query_points", "log_every",
-                                     "checkpoint_every")},
+        at_least=dict(eval_tasks=2, **{key: 1 for key in (  # 2 test tasks at least for a confidence interval
+            "k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "hidden_units", "reptile_inner_steps",
+            "eval_steps", "eval_query_points", "log_every", "checkpoint_every")}),
         positive=("meta_lr", "inner_lr", "reptile_inner_lr", "reptile_meta_step"))
-    if cfg.eval_tasks < 2:
-        utils.fail(f"--eval-tasks must be at least 2 for a confidence interval, got {cfg.eval_tasks}")
     try:
         k_shots = [int(k) for k in cfg.eval_k_shots.split(",")]
     except ValueError:
@@ -109,12 +106,11 @@ def main(argv=None):
     # ---- config -------------------------------------------------------------
     cfg, given = settings.parse_config(CONFIG, argv, __doc__, comments=settings.config_comments(__file__))
     validate(cfg)
-    utils.use_threads(cfg.threads)
-    run = lifecycle.Run("sinusoid", __file__, argv, cfg, given, CONFIG, device=torch.device("cpu"),
+    run = lifecycle.Run("sinusoid", __file__, argv, cfg, given, CONFIG, device=torch.device("cpu"), threads=cfg.threads,
                         folder=f"{cfg.algorithm}-k{cfg.k_shot}-seed{cfg.seed}",
                         named_keys={"algorithm", "k_shot", "seed"},
                         shared_tasks=dict(meta_batch_size=cfg.meta_batch_size, eval_tasks=cfg.eval_tasks),
-                        free_on_resume={"meta_iterations"} if cfg.algorithm != "reptile" else set())
+                        free_on_resume=meta_learning.free_on_resume)
     cfg = run.cfg
     run.start()
 

@@ -94,8 +94,7 @@ def spread_update(problem, algorithm, rank, world_size):
     meta_learning.maml_meta_gradient(forward, loss_fn, params, distributed.take_share(support, rank, world_size),
                                      distributed.take_share(query, rank, world_size), 2, lr,
                                      meta_batch_size=n_tasks)
-    distributed.sum_gradients(params, world_size)
-    return [p.grad for p in params]
+    return distributed.sum_across([p.grad for p in params], world_size)
 
 
 @pytest.mark.parametrize("problem, algorithm", [("mlp", "maml"), ("cnn", "maml"), ("mlp", "reptile")])

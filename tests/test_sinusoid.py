@@ -39,8 +39,7 @@ def clipped_maml(learner, params, optimizer, support, query, iteration):
     loss, predictions = meta_learning.maml_meta_gradient(
         learner.forward, learner.loss_fn, params, support, query, learner.inner_steps, learner.inner_lr,
         meta_batch_size=learner.meta_batch_size)
-    for p, total in zip(params, learner.sum_across([p.grad for p in params])):
-        p.grad = total
+    learner.sum_gradients(params)
     torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
     optimizer.step()
     return loss, predictions, query[1]
@@ -130,6 +129,18 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, 
     assert metrics_rows(tmp_path / "straight" / "metrics.csv") == metrics_rows(tmp_path / "killed" / "metrics.csv")
     with open(tmp_path / "straight" / "results.json") as f:  # as text: an early baseline can diverge to NaN
         assert json.dumps(json.load(f)["mse"]) == json.dumps(resumed["mse"])
+
+
+def test_a_resumed_reptile_run_keeps_the_iterations_its_meta_step_is_annealed_over(tmp_path, capsys):
+    run(tmp_path, "--algorithm", "reptile", "--meta-iterations", "10")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # its algorithm is the saved run's, though not given again
+        sinusoid_maml.main(["--resume", "--meta-iterations", "20", "--out-dir", str(tmp_path)])
+    assert "--meta-iterations 20 differs from the resumed run's 10" in capsys.readouterr().err
+    longer = run(tmp_path / "maml", "--meta-iterations", "10")
+    assert set(longer["mse"]) == {"maml", "pretrained"}
+    resumed = sinusoid_maml.main(["--resume", "--meta-iterations", "20", "--out-dir", str(tmp_path / "maml")])
+    assert resumed["meta_iterations"] == 20
 
 
 def test_resume_refuses_a_changed_hyperparameter(tmp_path, capsys):
