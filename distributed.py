@@ -146,11 +146,16 @@ def rank_zero_first(rank, world_size):
 
 
 def finish():
-    """Leave the process group together: a process that left while another was
-    still writing its results could abort at exit."""
+    """Leave the process group together (a process that left while another was
+    still writing its results could abort at exit), then end this process at once:
+    past the interpreter's teardown, where a thread of the group left behind can
+    abort it ("terminate called without an active exception", exit code -6)."""
     if dist.is_initialized():
         _collective(dist.barrier)
         dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 # ---- the launcher: P processes on this machine ----------------------------------

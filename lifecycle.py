@@ -393,7 +393,8 @@ class Run:
         if self.due.checkpoint:
             self.iteration, self.train_seconds = self.done, self._save_checkpoint(self.done)
         shown = {name: f"{self.row[name]:.3g}" for name in self.recorded}
-        self.progress.set_postfix(**shown, **({"best": f"{self.best['accuracy']:.3f}"} if self.keeps_best else {}))
+        validated = self.best["params"] is not None
+        self.progress.set_postfix(**shown, **({"best": f"{self.best['accuracy']:.3f}"} if validated else {}))
         return self.out_of_time
 
     def _save_checkpoint(self, iteration):
