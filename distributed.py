@@ -23,6 +23,9 @@ import time
 import torch
 import torch.distributed as dist
 
+import settings
+import utils
+
 # How long a collective waits for a process that stopped answering before it fails.
 TIMEOUT = datetime.timedelta(minutes=5)
 
@@ -153,6 +156,7 @@ def finish():
     if dist.is_initialized():
         _collective(dist.barrier)
         dist.destroy_process_group()
+        utils.run_exit_tasks()  # os._exit skips them
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
@@ -170,7 +174,8 @@ def launch(processes, script_and_args):
     process once (they run in a session of their own, so that a terminal's Ctrl-C
     reaches them only through here). Returns the exit code: the signal's (130,
     143) when every process stopped on it, else that of the first process to
-    fail (the others ended after FAILURE_GRACE_SECONDS), else 0."""
+    fail in time, named in a line (the others are ended FAILURE_GRACE_SECONDS
+    later), else 0."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -189,12 +194,13 @@ def launch(processes, script_and_args):
                 worker.send_signal(signum)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, pass_on)
-    failed_at = None
+    first_failure = None  # (rank, exit code) of the first process seen to fail
     while any(worker.poll() is None for worker in workers):
-        failures = [w.returncode for w in workers if w.returncode not in (None, 0)]
-        if failures and not received and failed_at is None:
+        if first_failure is None and not received:
+            first_failure = next(((rank, w.returncode) for rank, w in enumerate(workers)
+                                  if w.returncode not in (None, 0)), None)
             failed_at = time.monotonic()
-        if failed_at is not None and time.monotonic() - failed_at > FAILURE_GRACE_SECONDS:
+        if first_failure is not None and time.monotonic() - failed_at > FAILURE_GRACE_SECONDS:
             for worker in workers:
                 if worker.poll() is None:
                     worker.kill()
@@ -202,11 +208,17 @@ def launch(processes, script_and_args):
     codes = [worker.returncode for worker in workers]
     if received and all(code == 128 + received[0] for code in codes):
         return 128 + received[0]
-    return next((code if code > 0 else 128 - code for code in codes if code != 0), 0)
+    if first_failure is None:  # they ended within one look, or after a signal: the first in rank order
+        first_failure = next(((rank, code) for rank, code in enumerate(codes) if code != 0), (0, 0))
+    rank, code = first_failure
+    if code not in (0, 2):  # 2: bad input, which process 0 has said in one line
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        print(f"error: process {rank} of {processes} failed first ({how})", file=sys.stderr, flush=True)
+    return code if code >= 0 else 128 - code
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Run a script as P processes on this machine "
+    parser = settings.OneLineParser(description="Run a script as P processes on this machine "
                                                  "(python distributed.py --processes 2 omniglot_maml.py ...).")
     parser.add_argument("--processes", type=int, required=True, help="how many processes")
     parser.add_argument("script", help="the script, then its own arguments")

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import sys
 import zipfile
 
 import matplotlib
@@ -30,11 +31,12 @@ def _strict(data):
     return data
 
 
-def write_file(path, write, mode="w"):
+def write_file(path, write, mode="w", optional=False):
     """Write a file through write(f) into path.tmp, then rename it into place, so
     that a kill mid-write never leaves a broken file. A failed write (a full
     disk) removes the temporary file and stops the run in one line, exit code 1:
-    the files written before, the last checkpoint among them, are intact."""
+    the files written before, the last checkpoint among them, are intact. An
+    optional file (a cache) that cannot be written returns the error instead."""
     try:
         with open(path + ".tmp", mode) as f:
             write(f)
@@ -42,7 +44,30 @@ def write_file(path, write, mode="w"):
     except OSError as error:
         with contextlib.suppress(OSError):
             os.remove(path + ".tmp")
+        if optional:
+            return error
         fail(f"cannot write {path} ({error.strerror or error}); the files written before it are intact", code=1)
+    return None
+
+
+def make_folders(path):
+    """os.makedirs(path); returns the folders it created, outermost first, for
+    remove_empty_folders to take away after a failed start."""
+    created, folder = [], os.path.abspath(path)
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(path, exist_ok=True)
+    return created[::-1]
+
+
+def remove_empty_folders(folders):
+    """Remove those of the folders (outermost first) that are empty, innermost first."""
+    for folder in reversed(folders):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def save_json(data, path):
@@ -101,7 +126,10 @@ def load_checkpoint(path, experiment, required=()):
              f"resume from a copy or start a new run")
     if not isinstance(checkpoint, dict) or checkpoint.get("experiment") != experiment:
         fail(f"{path} belongs to another experiment, not {experiment}")
-    if "checksum" in checkpoint and checkpoint["checksum"] != checksum(checkpoint):
+    if "checksum" not in checkpoint:  # written before checkpoints had one, or by other code
+        print(f"warning: {path} has no checksum, so damage to its contents cannot be detected; "
+              f"its tensors' shapes and types are still checked", file=sys.stderr)
+    elif checkpoint["checksum"] != checksum(checkpoint):
         fail(f"{path} is damaged (its contents do not match their checksum); resume from a copy or start a new run")
     missing = [key for key in required if key not in checkpoint]
     if missing:
@@ -118,8 +146,7 @@ class MetricsLog:
         self.path, self.fields = path, fields
         rows = []
         if resume_iteration is not None and os.path.exists(path):
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= resume_iteration]
+            rows = [r for r in _whole_rows(path, fields) if int(r["iteration"]) <= resume_iteration]
 
         def write(f):
             writer = csv.DictWriter(f, fields)
@@ -137,6 +164,33 @@ class MetricsLog:
 
     def read(self):
         return read_metrics(self.path)
+
+
+def _whole_rows(path, fields):
+    """The rows of a metrics CSV that a resume keeps: those whose line is whole
+    (ends with a newline: a kill or a full disk can cut the last one) and holds a
+    number, or nothing, in each column, an integer iteration first. Each other line
+    is dropped with a one-line warning."""
+    with open(path, newline="") as f:
+        lines = f.read().split("\n")
+    kept = []
+    for number, line in enumerate(lines[1:-1], start=2):  # past the header; lines[-1] is cut or empty
+        values = next(csv.reader([line]), [])
+        if len(values) == len(fields) and _numbers(values) and values[0].isdigit():
+            kept.append(dict(zip(fields, values)))
+        else:
+            print(f"warning: {path}: line {number} is not a whole row of numbers ({line[:40]!r}); dropped",
+                  file=sys.stderr)
+    if lines[-1]:
+        print(f"warning: {path}: its last line was cut short ({lines[-1][:40]!r}); dropped", file=sys.stderr)
+    return kept
+
+
+def _numbers(values):
+    try:
+        return all(float(v) is not None for v in values if v != "")
+    except ValueError:
+        return False
 
 
 def read_metrics(path):

@@ -30,7 +30,6 @@ One rule per concern (docs/overnight.md has them as a table):
   iteration with a checkpoint (signals.py).
 - writing: process 0 writes every file.
 """
-import atexit
 import contextlib
 import fcntl
 import json
@@ -47,7 +46,7 @@ import distributed
 import files
 import settings
 import signals
-from utils import fail, use_threads
+from utils import at_exit, fail, progress, use_threads
 
 # Keys that may be given anew when a run is resumed: where it and its data live,
 # where and on how many threads it runs, how many tasks its final test uses, and its
@@ -66,38 +65,51 @@ def prepare_run_dir(run_dir, resume):
     """Create the run folder and lock it for this process (the operating system
     drops the lock when the process ends, however it ends); refuse a folder that
     another run is using, a started run unless resuming, and a resume without a
-    checkpoint. A folder made here that holds nothing when the process ends (a
-    start that failed) is removed."""
+    checkpoint. As the process ends, the lock file goes, and so do the folders
+    made here if the run wrote nothing into them (a start that failed)."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         fail(f"output folder {run_dir} is a file")
     checkpoint = os.path.join(run_dir, "checkpoint.pt")
     if resume and not os.path.exists(checkpoint):
         fail(f"no checkpoint at {checkpoint} to continue from")
     if os.path.realpath(run_dir) not in _held_locks:
-        if not os.path.exists(run_dir):
-            atexit.register(_remove_if_unused, run_dir)
         try:
-            os.makedirs(run_dir, exist_ok=True)
-            lock = open(os.path.join(run_dir, ".lock"), "w")
+            created = files.make_folders(run_dir)
+            lock = _lock(os.path.join(run_dir, ".lock"))
         except OSError as error:
             fail(f"cannot write in the output folder {run_dir}: {error.strerror}")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if lock is None:
             fail(f"another run is using {run_dir} right now; wait for it or choose another --out-dir")
         _held_locks[os.path.realpath(run_dir)] = lock
+        at_exit(lambda: _release(run_dir, lock, created))
     if not resume and os.path.exists(checkpoint):
         fail(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out-dir")
     return run_dir
 
 
-def _remove_if_unused(run_dir):
-    """Remove a run folder that holds nothing but its lock."""
+def _lock(path):
+    """The lock file at path, opened and locked by this process; None when another holds it."""
+    while True:
+        lock = open(path, "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                return lock
+        lock.close()  # its run removed it as it ended, after we opened it: lock the new one
+
+
+def _release(run_dir, lock, created):
+    """As the process ends: remove the lock file (still holding the lock, so no other
+    run can hold a lock on the file removed), and the folders made for the run if it
+    wrote nothing into them."""
     with contextlib.suppress(OSError):
-        if set(os.listdir(run_dir)) <= {".lock"}:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(run_dir, ".lock"))
-            os.rmdir(run_dir)
+        os.remove(os.path.join(run_dir, ".lock"))
+    lock.close()
+    files.remove_empty_folders(created)
 
 
 def default_run_dir(experiment, name, cfg, given, named_keys, also_free=frozenset()):
@@ -188,16 +200,57 @@ def state_of(value):
     return [p.detach().cpu() for p in value]
 
 
+def _tensors_differ(saved, built):
+    """How a saved list of tensors differs from the one the run builds, or None."""
+    if not isinstance(saved, (list, tuple)) or not all(isinstance(s, torch.Tensor) for s in saved):
+        return "it is not a list of tensors"
+    if len(saved) != len(built):
+        return f"{len(saved)} tensors where the run has {len(built)}"
+    for i, (s, b) in enumerate(zip(saved, built)):
+        if s.shape != b.shape or s.dtype != b.dtype:
+            return (f"tensor {i} is {s.dtype} {tuple(s.shape)} where the run's is "
+                    f"{b.dtype} {tuple(b.shape)}")
+    return None
+
+
+def _optimizer_differs(saved, optimizer):
+    """How a saved optimizer state differs from the optimizer of the run's parameters, or None."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) or "param_groups" not in saved:
+        return "it is not an optimizer's state"
+    for index, state in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params):
+            return f"it holds state for a parameter {index!r} the run does not have"
+        for name, value in state.items():
+            if name != "step" and isinstance(value, torch.Tensor) and value.shape != params[index].shape:
+                return f"its {name} of parameter {index} is {tuple(value.shape)}, not {tuple(params[index].shape)}"
+    return None
+
+
 def restore(value, saved):
-    """Put a checkpoint's state_of(value) back into value, in place."""
+    """Put a checkpoint's state_of(value) back into value, in place; a state that
+    does not fit value is a one-line refusal naming what differs."""
     if isinstance(value, torch.Generator):
-        value.set_state(saved)
+        try:
+            value.set_state(saved)
+        except (RuntimeError, TypeError) as error:
+            return f"not a random generator's state ({str(error).splitlines()[0]})"
     elif hasattr(value, "load_state_dict"):
-        value.load_state_dict(saved)
+        problem = _optimizer_differs(saved, value)
+        if problem:
+            return problem
+        try:
+            value.load_state_dict(saved)
+        except (ValueError, KeyError, TypeError, RuntimeError) as error:
+            return f"it does not fit the run's optimizer ({str(error).splitlines()[0]})"
     else:
+        problem = _tensors_differ(saved, value)
+        if problem:
+            return problem
         with torch.no_grad():
             for p, s in zip(value, saved):
                 p.copy_(s)
+    return None
 
 
 def restored_window(values, device):
@@ -230,7 +283,7 @@ class Run:
         free_when_testing: those an --eval-only may change, which then writes
         results-<key>=<value>.json beside the run's own."""
         self.experiment, self.script, self.argv = experiment, os.path.basename(script), argv
-        use_threads(threads)
+        self.threads_line = use_threads(threads)
         self.rank, self.world_size, self.device = distributed.setup(device)  # 1 process unless launched with more
         settings.check_tasks_per_process(self.world_size, **shared_tasks)
         self.dir = cfg.out_dir or default_run_dir(experiment, folder, cfg, given, named_keys,
@@ -259,8 +312,6 @@ class Run:
         self.iteration = self.checkpoint["iteration"] if self.checkpoint else 0
         self.train_seconds = self.checkpoint["train_seconds"] if self.checkpoint else 0.0
         self.best = self.checkpoint.get("best", NO_BEST) if self.checkpoint else NO_BEST
-        if self.rank == 0 and self.checkpoint and "best" in self.checkpoint:
-            files.save_checkpoint(self.best, self.path("best.pt"))  # a kill just after a checkpoint leaves it stale
         self.tracked, self.row = {}, None
 
     def path(self, name):
@@ -268,18 +319,41 @@ class Run:
 
     def start(self, *lines):
         """Say what runs (its settings, folder, the given lines; process 0) and save
-        its config.json (not for --eval-only)."""
+        its config.json, unless the folder holds results: its config.json then stays
+        the one of those results until save_results (a continuation stopped before
+        its end leaves the folder as it was)."""
         if self.rank > 0:
             return
         print(json.dumps(vars(self.cfg), indent=2))
         print(f"run folder: {self.dir}")
-        for line in lines:
+        for line in (self.threads_line, *lines):
             print(line)
         if self.checkpoint:
             print(f"testing the run of {self.iteration} iterations" if self.evaluating_only
                   else f"resumed from iteration {self.iteration}")
+        if not (self.evaluating_only or os.path.exists(self.path("results.json"))):
+            files.save_json(vars(self.cfg), self.path("config.json"))
+
+    def save_results(self, results):
+        """Write the run's results (results.json, or its results_name for --eval-only
+        with other test settings) and, but for --eval-only, the config.json they belong to."""
         if not self.evaluating_only:
             files.save_json(vars(self.cfg), self.path("config.json"))
+        files.save_json(results, self.path(self.results_name + ".json"))
+
+    def _restore_best(self):
+        """The checkpoint's best validated parameters, checked against the tracked
+        params; best.pt rewritten from them (a kill just after a checkpoint leaves it stale)."""
+        best = self.checkpoint.get("best")
+        if not isinstance(best, dict) or not {"accuracy", "iteration", "params"} <= best.keys():
+            problem = "it lacks best" if best is None else "its best is not (accuracy, iteration, params)"
+            fail(f"{self.path('checkpoint.pt')} is damaged ({problem}); resume from a copy or start a new run")
+        problem = best["params"] is not None and _tensors_differ(best["params"], self.tracked["params"])
+        if problem:
+            fail(f"{self.path('checkpoint.pt')} does not fit this run: its best params: {problem}; "
+                 f"resume from a copy or start a new run")
+        if self.rank == 0:
+            files.save_checkpoint(self.best, self.path("best.pt"))
 
     def track(self, **values):
         """What each checkpoint keeps under these names: parameter lists,
@@ -291,7 +365,10 @@ class Run:
                 fail(f"{self.path('checkpoint.pt')} is damaged (it lacks {', '.join(missing)}); "
                      f"resume from a copy or start a new run")
             for key, value in values.items():
-                restore(value, self.checkpoint[key])
+                problem = restore(value, self.checkpoint[key])
+                if problem:
+                    fail(f"{self.path('checkpoint.pt')} does not fit this run: its {key}: {problem}; "
+                         f"resume from a copy or start a new run")
 
     # ---- the training loop's side of the run ----
     def iterations(self, total, *, recorded, evaluated=(), same_in_every_process=(), log_every, checkpoint_every,
@@ -303,6 +380,8 @@ class Run:
         process holds whole (not a share), averaged but not summed."""
         self.recorded, self.evaluated, self.same_in_every_process = recorded, evaluated, same_in_every_process
         self.keeps_best = "validation_accuracy" in evaluated
+        if self.keeps_best and self.checkpoint:
+            self._restore_best()
         self.total, self.log_every, self.checkpoint_every = total, log_every, checkpoint_every
         self.test_every, self.budget = test_every, 60 * train_minutes
         if self.rank == 0:
@@ -317,8 +396,8 @@ class Run:
             print(f"--train-minutes {train_minutes}: the run's budget is spent; testing it again")
         training = not (self.evaluating_only or budget_spent)
         start = self.iteration
-        self.progress = tqdm.tqdm(range(start, total if training else start), initial=start, total=total,
-                                  desc=description, dynamic_ncols=True, disable=self.rank > 0 or not training)
+        self.progress = progress(range(start, total if training else start), initial=start, total=total,
+                                 desc=description, disable=self.rank > 0 or not training)
         self.stopwatch = Stopwatch(self.train_seconds)
         self.forecast = DurationForecast(start, total, self.rank, after=log_every)
         for iteration in self.progress:

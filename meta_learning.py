@@ -29,7 +29,8 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch.func import grad, vmap
-from tqdm import tqdm
+
+import utils
 
 ADAM_BETA2 = 0.999
 ADAM_EPS = 1e-8
@@ -46,7 +47,7 @@ def _minibatch(x, y, step, batch_size):
 
 
 def adapt(forward, loss_fn, params, x, y, steps, lr, first_order=False,
-          optimizer="sgd", batch_size=None, head_only=False):
+          optimizer="sgd", batch_size=None, adapted=None):
     """Adapt `params` to one task's data (x, y); return the list of parameter
     lists after 0, 1, ..., steps steps.
 
@@ -54,13 +55,17 @@ def adapt(forward, loss_fn, params, x, y, steps, lr, first_order=False,
     beta1 = 0 from a fresh state (Reptile's inner loop). With batch_size, each
     step sees the next mini-batch of the task's data. The inner gradients are
     part of the autograd graph (second-order MAML) unless first_order is set.
-    head_only: only the final layer (the last HEAD parameters) adapts (ANIL).
+    adapted: which parameters adapt (a tuple of bools, inner_loop_mask); the others
+    stay as they are within the task. None: all of them.
     """
-    if head_only:
-        body = list(params[:-HEAD])
-        heads = adapt(lambda head, xb: forward(body + list(head), xb), loss_fn, list(params[-HEAD:]), x, y, steps,
-                      lr, first_order, optimizer, batch_size)
-        return [body + head for head in heads]
+    if adapted is not None and not all(adapted):
+        def whole(free):  # the free parameters back among the fixed ones
+            free = iter(free)
+            return [next(free) if a else p for p, a in zip(params, adapted)]
+        trajectory = adapt(lambda free, xb: forward(whole(free), xb), loss_fn,
+                           [p for p, a in zip(params, adapted) if a], x, y, steps, lr, first_order, optimizer,
+                           batch_size)
+        return [whole(free) for free in trajectory]
 
     def task_loss(p, xb, yb):
         return loss_fn(forward(p, xb), yb)
@@ -85,42 +90,43 @@ def adapt(forward, loss_fn, params, x, y, steps, lr, first_order=False,
     return trajectory
 
 
-def maml_meta_loss(forward, loss_fn, params, support, query, steps, lr, first_order=False, head_only=False):
+def maml_meta_loss(forward, loss_fn, params, support, query, steps, lr, first_order=False, adapted=None):
     """MAML over a meta-batch in one vmapped call.
 
     support, query: (x, y) with a leading task dimension. Returns the mean query
     loss after `steps` SGD steps (differentiable w.r.t. params: .backward() gives
     the meta-gradient) and the query predictions, shape (tasks, n_query, ...).
-    head_only: the inner loop adapts only the final layer (ANIL).
+    adapted: the parameters the inner loop adapts (inner_loop_mask; None: all).
     """
     def one_task(p, support_x, support_y, query_x, query_y):
-        adapted = adapt(forward, loss_fn, p, support_x, support_y, steps, lr, first_order, head_only=head_only)[-1]
-        prediction = forward(adapted, query_x)
+        task_params = adapt(forward, loss_fn, p, support_x, support_y, steps, lr, first_order, adapted=adapted)[-1]
+        prediction = forward(task_params, query_x)
         return loss_fn(prediction, query_y), prediction
 
     losses, predictions = vmap(one_task, in_dims=(None, 0, 0, 0, 0))(params, *support, *query)
     return losses.mean(), predictions
 
 
-def maml_meta_loss_loop(forward, loss_fn, params, support, query, steps, lr, first_order=False, head_only=False):
+def maml_meta_loss_loop(forward, loss_fn, params, support, query, steps, lr, first_order=False, adapted=None):
     """Reference for maml_meta_loss: a Python loop over tasks, torch.autograd.grad
     for the inner gradients. Same arguments and results."""
     losses, predictions = [], []
-    fixed = len(params) - HEAD if head_only else 0  # parameters the inner loop leaves as they are
+    free = [i for i in range(len(params)) if adapted is None or adapted[i]]
     for support_x, support_y, query_x, query_y in zip(*support, *query):
-        adapted = list(params)
+        task_params = list(params)
         for _ in range(steps):
-            loss = loss_fn(forward(adapted, support_x), support_y)
-            grads = torch.autograd.grad(loss, adapted[fixed:], create_graph=not first_order)
-            adapted = adapted[:fixed] + [p - lr * g for p, g in zip(adapted[fixed:], grads)]
-        prediction = forward(adapted, query_x)
+            loss = loss_fn(forward(task_params, support_x), support_y)
+            grads = torch.autograd.grad(loss, [task_params[i] for i in free], create_graph=not first_order)
+            for i, g in zip(free, grads):
+                task_params[i] = task_params[i] - lr * g
+        prediction = forward(task_params, query_x)
         losses.append(loss_fn(prediction, query_y))
         predictions.append(prediction)
     return torch.stack(losses).mean(), torch.stack(predictions)
 
 
 def maml_meta_gradient(forward, loss_fn, params, support, query, steps, lr, first_order=False,
-                       tasks_per_call=None, batched=True, meta_batch_size=None, head_only=False):
+                       tasks_per_call=None, batched=True, meta_batch_size=None, adapted=None):
     """The MAML meta-gradient, added into each parameter's .grad: the gradient of
     the mean query loss over the meta-batch, computed tasks_per_call tasks at a
     time (all at once by default), each group backpropagated as soon as it is done.
@@ -131,7 +137,8 @@ def maml_meta_gradient(forward, loss_fn, params, support, query, steps, lr, firs
     group keeps a GPU busy. Every choice gives the same gradient up to the order
     of floating-point sums. meta_batch_size: the tasks of the whole meta-batch
     when these are only this process's share (distributed.py), so that the
-    shares' gradients add up to the mean. head_only: ANIL's inner loop. Returns
+    shares' gradients add up to the mean. adapted: the parameters the inner loop
+    adapts (inner_loop_mask). Returns
     this share of the mean query loss (detached) and the query predictions
     (tasks, n_query, ...).
     """
@@ -143,7 +150,7 @@ def maml_meta_gradient(forward, loss_fn, params, support, query, steps, lr, firs
     for first in range(0, n_here, group):
         part = slice(first, first + group)
         loss, prediction = meta_loss(forward, loss_fn, params, [t[part] for t in support],
-                                     [t[part] for t in query], steps, lr, first_order, head_only)
+                                     [t[part] for t in query], steps, lr, first_order, adapted)
         share = prediction.shape[0] / n_tasks
         (loss * share).backward()
         losses.append(loss.detach() * share)
@@ -202,7 +209,7 @@ def reptile_meta_step(forward, loss_fn, params, tasks, steps, lr, meta_step_size
 
 
 def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, steps, lr,
-                        optimizer="sgd", batch_size=None, head_only=False, chunk_size=None, progress=None):
+                        optimizer="sgd", batch_size=None, adapted=None, chunk_size=None, progress=None):
     """Adapt to each task's support set and measure metric_fn(prediction, y) on
     its query set after 0, 1, ..., steps steps. Returns a (tasks, steps + 1) tensor.
     chunk_size bounds how many tasks are in memory at once; with progress (a
@@ -211,15 +218,23 @@ def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, ste
 
     def one_task(support_x, support_y, query_x, query_y):
         trajectory = adapt(forward, loss_fn, detached, support_x, support_y, steps, lr, first_order=True,
-                           optimizer=optimizer, batch_size=batch_size, head_only=head_only)
+                           optimizer=optimizer, batch_size=batch_size, adapted=adapted)
         return torch.stack([metric_fn(forward(p, query_x), query_y) for p in trajectory])
 
     n_tasks = support[0].shape[0]
     chunk = chunk_size or n_tasks
     with torch.no_grad():
         return torch.cat([vmap(one_task)(*[t[first:first + chunk] for t in (*support, *query)])
-                          for first in tqdm(range(0, n_tasks, chunk), desc=progress, leave=False,
-                                            dynamic_ncols=True, disable=progress is None)])
+                          for first in utils.progress(range(0, n_tasks, chunk), desc=progress, transient=True,
+                                                      disable=progress is None)])
+
+
+def inner_loop_mask(n_params, network_mask=None, head_only=False):
+    """Which of n_params parameters an inner loop adapts, a tuple of bools (None: all):
+    only the final layer (ANIL), else those the network says (models.ConvNet.inner_loop_mask)."""
+    if head_only:
+        return (False,) * (n_params - HEAD) + (True,) * HEAD
+    return network_mask
 
 
 # ---- Algorithms: one meta-update each, one signature, chosen by name -----------------
@@ -238,6 +253,7 @@ class Learner:
     inner_optimizer: str = "sgd"  # reptile: "adam" (beta1 = 0) or "sgd"
     inner_batch: Optional[int] = None  # reptile: examples per inner step (None: all of the task's)
     meta_step: float = 1.0  # reptile: the outer step size at the start, annealed linearly to 0
+    adapted: Optional[tuple] = None  # the parameters the inner loop adapts (inner_loop_mask; None: all)
 
     def sum_gradients(self, params):
         """Each .grad summed over processes (each holds its tasks' share of the mean)."""
@@ -249,13 +265,14 @@ class Learner:
 # params (through optimizer or in place) from a meta-batch of tasks, support and query as
 # (x, y) with a leading task dimension, this process's share of them. It returns this share
 # of the mean loss, and predictions with their targets, for a training accuracy.
-def maml(learner, params, optimizer, support, query, iteration, first_order=False, head_only=False):
-    """MAML (Finn et al. 2017): one Adam step on the meta-gradient of the query loss after adaptation."""
+def maml(learner, params, optimizer, support, query, iteration, first_order=False, adapted=None):
+    """MAML (Finn et al. 2017): one Adam step on the meta-gradient of the query loss after adaptation.
+    adapted: the parameters the inner loop adapts, if not the learner's."""
     optimizer.zero_grad()
     loss, predictions = maml_meta_gradient(
         learner.forward, learner.loss_fn, params, support, query, learner.inner_steps, learner.inner_lr,
         first_order=first_order, tasks_per_call=learner.tasks_per_call, batched=learner.batched,
-        meta_batch_size=learner.meta_batch_size, head_only=head_only)
+        meta_batch_size=learner.meta_batch_size, adapted=learner.adapted if adapted is None else adapted)
     learner.sum_gradients(params)
     optimizer.step()
     return loss, predictions, query[1]
@@ -269,7 +286,8 @@ def fomaml(learner, params, optimizer, support, query, iteration):
 def anil(learner, params, optimizer, support, query, iteration):
     """ANIL (Raghu et al. 2020): MAML whose inner loop adapts only the final layer;
     the meta-gradient, second order, still reaches every layer."""
-    return maml(learner, params, optimizer, support, query, iteration, head_only=True)
+    return maml(learner, params, optimizer, support, query, iteration,
+                adapted=inner_loop_mask(len(params), head_only=True))
 
 
 def reptile(learner, params, optimizer, support, query, iteration):

@@ -7,11 +7,13 @@ get gradients through them without touching any module.
 Parameter layouts (what the init functions return, in order):
   mlp:  per hidden layer [weight, bias] or, with batch norm, [weight, gamma, beta];
         then the output layer [weight, bias].
-  cnn:  per conv block [weight, gamma, beta]; then the output layer [weight, bias].
-A linear or conv bias right before batch norm is left out: the mean subtraction
-cancels it exactly, so it would never learn anything.
+  cnn:  per conv block [weight, gamma, beta]; then the output layer [weight, bias]
+        (the official code's network, OFFICIAL_CNN: per block [weight, bias, beta]).
+A linear or conv bias right before batch norm is left out of our networks: the mean
+subtraction cancels it exactly, so it would never learn anything.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +21,8 @@ import torch.nn.functional as F
 BATCH_NORM_EPS = 1e-5
 
 
-def batch_normalize(h, gamma, beta, dims):
-    """Normalise h with the statistics of this very batch, then scale and shift.
+def batch_normalize(h, gamma, beta, dims, eps=BATCH_NORM_EPS):
+    """Normalise h with the statistics of this very batch, then scale (unless gamma is None) and shift.
 
     Written as mean/variance arithmetic on purpose: under torch.func.vmap the
     second-order gradient through F.batch_norm in training mode is silently
@@ -31,7 +33,10 @@ def batch_normalize(h, gamma, beta, dims):
     var = (h - mean).pow(2).mean(dims, keepdim=True)
     shape = [1] * h.dim()
     shape[1] = -1
-    return (h - mean) * torch.rsqrt(var + BATCH_NORM_EPS) * gamma.view(shape) + beta.view(shape)
+    normalized = (h - mean) * torch.rsqrt(var + eps)
+    if gamma is not None:
+        normalized = normalized * gamma.view(shape)
+    return normalized + beta.view(shape)
 
 
 def _uniform(shape, fan_in, generator, dtype):
@@ -70,31 +75,92 @@ def mlp(params, x, batch_norm=False):
     return F.linear(x, params[-2], params[-1])
 
 
-def init_cnn(n_classes, in_channels=1, filters=64, blocks=4, generator=None, dtype=torch.float32):
-    """Parameters of the paper's CNN: `blocks` x (3x3 conv, batch norm, ReLU), then linear."""
+@dataclass(frozen=True)
+class ConvNet:
+    """How the paper's 4-block CNN is built. The defaults are ours; OFFICIAL_CNN below
+    is the network of the paper's code (cbfinn/maml), which differs in five ways."""
+    max_pool: bool = False              # stride-1 convolutions then 2x2 max-pooling, not stride-2 convolutions
+    batch_norm_scale: bool = True       # batch norm scales (gamma) as well as shifts (beta)
+    inner_loop_batch_norm: bool = True  # the inner loop adapts batch norm's parameters (else only meta-learned)
+    conv_bias: bool = False             # a bias on each convolution (batch norm's mean subtraction cancels it)
+    init: str = "pytorch"               # pytorch: U(+-1/sqrt(fan_in)) (nn.Conv2d's, nn.Linear's); official:
+                                        # Xavier-uniform convolutions, N(0, 1) output weights, zero biases
+    tf_same_padding: bool = False       # TensorFlow's "SAME" padding: the odd pixel of padding at the bottom/right
+    batch_norm_eps: float = BATCH_NORM_EPS
+
+    def per_block(self):
+        return 2 + self.conv_bias + self.batch_norm_scale
+
+    def inner_loop_mask(self, n_params):
+        """Which of the network's parameters the inner loop adapts (a tuple of bools)."""
+        block = (True,) * (1 + self.conv_bias) + (self.inner_loop_batch_norm,) * (1 + self.batch_norm_scale)
+        return block * ((n_params - 2) // self.per_block()) + (True, True)
+
+
+CNN = ConvNet()
+# cbfinn/maml's Omniglot network (maml.py construct_conv_weights and forward_conv, utils.py
+# conv_block and normalize): tf.contrib.layers.batch_norm with its defaults (an offset, no
+# scale, epsilon 1e-3), whose offset is not among the weights the inner loop adapts.
+OFFICIAL_CNN = ConvNet(batch_norm_scale=False, inner_loop_batch_norm=False, conv_bias=True, init="official",
+                       tf_same_padding=True, batch_norm_eps=1e-3)
+
+
+def init_cnn(n_classes, in_channels=1, filters=64, blocks=4, generator=None, dtype=torch.float32, net=CNN):
+    """Parameters of the paper's CNN: `blocks` x (3x3 conv, batch norm, ReLU), then
+    linear; per block [weight, bias if net.conv_bias, gamma if net.batch_norm_scale, beta]."""
     params = []
     channels = in_channels
     for _ in range(blocks):
-        params.append(_uniform((filters, channels, 3, 3), 9 * channels, generator, dtype))
-        params += [torch.ones(filters, dtype=dtype), torch.zeros(filters, dtype=dtype)]
+        shape = (filters, channels, 3, 3)
+        if net.init == "official":  # tf.contrib.layers.xavier_initializer_conv2d: U(+-sqrt(6 / (fan_in + fan_out)))
+            bound = math.sqrt(6 / (9 * channels + 9 * filters))
+            params.append((2 * torch.rand(shape, generator=generator, dtype=dtype) - 1) * bound)
+        else:
+            params.append(_uniform(shape, 9 * channels, generator, dtype))
+        if net.conv_bias:
+            params.append(torch.zeros(filters, dtype=dtype) if net.init == "official"
+                          else _uniform((filters,), 9 * channels, generator, dtype))
+        if net.batch_norm_scale:
+            params.append(torch.ones(filters, dtype=dtype))
+        params.append(torch.zeros(filters, dtype=dtype))
         channels = filters
-    params.append(_uniform((n_classes, channels), channels, generator, dtype))
-    params.append(_uniform((n_classes,), channels, generator, dtype))
+    if net.init == "official":  # tf.random_normal output weights, zero bias
+        params.append(torch.randn((n_classes, channels), generator=generator, dtype=dtype))
+        params.append(torch.zeros(n_classes, dtype=dtype))
+    else:
+        params.append(_uniform((n_classes, channels), channels, generator, dtype))
+        params.append(_uniform((n_classes,), channels, generator, dtype))
     return params
 
 
-def cnn(params, x, max_pool=False):
+def tf_same_pad(x, stride, kernel=3):
+    """Pad images x as TensorFlow's "SAME" padding does: the output has ceil(size / stride)
+    pixels a side, and an odd pixel of padding goes to the bottom and the right."""
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad lists the last dimension first
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
+
+
+def cnn(params, x, net=CNN):
     """Forward pass of init_cnn's network on images x of shape (batch, channels, H, W).
 
     Each block halves the resolution: a stride-2 convolution (the paper's
-    Omniglot network) or, with max_pool, a stride-1 convolution then 2x2 max-pool.
+    Omniglot network) or, with net.max_pool, a stride-1 convolution then 2x2 max-pool.
     The last feature map is averaged over space before the linear classifier.
     """
-    n_blocks = (len(params) - 2) // 3
-    for i in range(n_blocks):
-        weight, gamma, beta = params[3 * i:3 * i + 3]
-        x = F.conv2d(x, weight, stride=1 if max_pool else 2, padding=1)
-        x = torch.relu(batch_normalize(x, gamma, beta, dims=(0, 2, 3)))
-        if max_pool:
+    per_block = net.per_block()
+    stride = 1 if net.max_pool else 2
+    for i in range((len(params) - 2) // per_block):
+        block = params[per_block * i:per_block * (i + 1)]
+        weight, bias, beta = block[0], block[1] if net.conv_bias else None, block[-1]
+        gamma = block[-2] if net.batch_norm_scale else None
+        if net.tf_same_padding:
+            x = F.conv2d(tf_same_pad(x, stride), weight, bias, stride=stride)
+        else:
+            x = F.conv2d(x, weight, bias, stride=stride, padding=1)
+        x = torch.relu(batch_normalize(x, gamma, beta, dims=(0, 2, 3), eps=net.batch_norm_eps))
+        if net.max_pool:
             x = F.max_pool2d(x, 2)
     return F.linear(x.mean(dim=(2, 3)), params[-2], params[-1])

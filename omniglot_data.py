@@ -5,8 +5,9 @@ The data folder holds the release's two archives, images_background.zip
 (30 alphabets, 964 characters) and images_evaluation.zip (20 alphabets, 659
 characters), 20 drawers per character, 105x105 1-bit PNGs laid out as
 <set>/<Alphabet>/characterNN/XXXX_YY.png. Missing archives are downloaded
-(MD5-checked). Archives already there are accepted when their layout is right,
-so re-packed copies with other checksums work too.
+(MD5-checked). Archives already there, or the folders they unzip into
+(images_background/, images_evaluation/), are accepted when their layout is
+right, so re-packed copies with other checksums work too.
 
 Images are resized to 28x28 with LANCZOS and inverted so that strokes are 1,
 as the paper's code does, and cached beside the archives in one .npz file that
@@ -26,6 +27,8 @@ import zlib
 import numpy as np
 import torch
 from PIL import Image
+
+import files
 
 
 DOWNLOAD_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}"
@@ -84,19 +87,42 @@ def download(name, data_dir):
                         f"not used") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         raise DataError(f"cannot download {name} ({getattr(error, 'reason', error)}): put "
-                        f"{' and '.join(RELEASE_MD5)} from github.com/brendenlake/omniglot (python/) "
-                        f"into {data_dir}") from None
+                        f"{' and '.join(RELEASE_MD5)} from github.com/brendenlake/omniglot (python/), or the "
+                        f"folders they unzip into, into {os.path.abspath(data_dir)}") from None
     finally:
         if os.path.exists(partial):
             os.remove(partial)
     return target
 
 
+class _ExtractedArchive:
+    """An archive unzipped into the data folder (<data_dir>/<set>/...), read as the zip file is."""
+
+    def __init__(self, data_dir, set_name):
+        self.data_dir, self.set_name = data_dir, set_name
+
+    def namelist(self):
+        root = os.path.join(self.data_dir, self.set_name)
+        return sorted(os.path.relpath(os.path.join(folder, name), self.data_dir).replace(os.sep, "/")
+                      for folder, _, names in os.walk(root) for name in names)
+
+    def read(self, member):
+        with open(os.path.join(self.data_dir, member), "rb") as f:
+            return f.read()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def _archive_images(path, set_name):
     """{(alphabet, character): [(drawer, zip member name)]}, checked against the
-    release's layout."""
+    release's layout; path is the archive, or the folder it was extracted into."""
     try:
-        archive = zipfile.ZipFile(path)
+        archive = _ExtractedArchive(os.path.dirname(path), set_name) if os.path.isdir(path) \
+            else zipfile.ZipFile(path)
         names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as error:
         raise DataError(f"{path} is not a readable zip archive ({error})") from None
@@ -137,23 +163,43 @@ def _read_image(archive, path, member):
 
 
 def _archive_stamp(path):
+    """What the cache records of an archive (or extracted folder) it was built from."""
+    if os.path.isdir(path):
+        stats = [os.stat(os.path.join(folder, name)) for folder, _, names in os.walk(path) for name in names]
+        return f"{os.path.basename(path)}/:{len(stats)}:{int(max((s.st_mtime for s in stats), default=0))}"
     stat = os.stat(path)
     return f"{os.path.basename(path)}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
+def _archives(data_dir):
+    """{archive name: its zip file in data_dir, else the folder it was extracted into
+    there, else the zip file downloaded}. A download that fails leaves no folder behind."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"the data folder {data_dir} is a file")
+    archives, created = {}, []
+    try:
+        for name in RELEASE_MD5:
+            archives[name] = path = os.path.join(data_dir, name)
+            if os.path.exists(path):
+                continue
+            if os.path.isdir(path[:-len(".zip")]):
+                archives[name] = path[:-len(".zip")]
+                continue
+            try:
+                created = created or files.make_folders(data_dir)
+            except OSError as error:
+                raise DataError(f"cannot create the data folder {data_dir} ({error.strerror})") from None
+            download(name, data_dir)
+    except DataError:
+        files.remove_empty_folders(created)
+        raise
+    return archives
 
 
 def load_omniglot(data_dir):
     """All 1623 characters as uint8 images (characters, drawers, 28, 28), strokes
     = 255, and their names (set, alphabet, character) in sorted order."""
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise DataError(f"the data folder {data_dir} is a file")
-    archives = {name: os.path.join(data_dir, name) for name in RELEASE_MD5}
-    for name, path in archives.items():
-        if not os.path.exists(path):
-            try:
-                os.makedirs(data_dir, exist_ok=True)
-            except OSError as error:
-                raise DataError(f"cannot create the data folder {data_dir} ({error.strerror})") from None
-            download(name, data_dir)
+    archives = _archives(data_dir)
     source = ";".join(_archive_stamp(path) for path in archives.values())
     cache_path = os.path.join(data_dir, CACHE_NAME)
     cached = _read_cache(cache_path, source)
@@ -170,13 +216,11 @@ def load_omniglot(data_dir):
                                         for _, member in sorted(characters[(alphabet, character)])]))
                 names.append((set_name, alphabet, character))
     images, names = np.stack(images), np.array(names)
-    temporary = cache_path + ".tmp.npz"
-    try:
-        np.savez(temporary, images=images, names=names, source=source, preprocessing=PREPROCESSING,
-                 checksum=_checksum(images, names))
-        os.replace(temporary, cache_path)
-    except OSError as error:  # a read-only data folder still works, only slower to start
-        print(f"warning: cannot write the cache {cache_path} ({error.strerror}); continuing without it",
+    error = files.write_file(cache_path, lambda f: np.savez(
+        f, images=images, names=names, source=source, preprocessing=PREPROCESSING,
+        checksum=_checksum(images, names)), mode="wb", optional=True)
+    if error:  # a read-only data folder still works, only slower to start
+        print(f"warning: cannot write the cache {cache_path} ({error.strerror or error}); continuing without it",
               file=sys.stderr)
     return images, names
 

@@ -11,6 +11,7 @@ A run writes config.json, metrics.csv, checkpoint.pt (latest), best.pt (best
 validation accuracy), results.json and plots to its folder; --resume continues it.
 The data, splits, network (batch norm is transductive) and protocol: docs/omniglot.md.
 """
+import dataclasses
 import functools
 import math
 import sys
@@ -40,7 +41,9 @@ CONFIG = dict(
     k_shot=1,                   # support images per class; the query set has as many (official code)
     split="background",         # background: meta-train on images_background (minus 5 validation
                                 # alphabets), meta-test on images_evaluation; paper: 1100/100/423
-    model="cnn",                # cnn (stride-2 convs, the paper's) | maxpool | mlp (256-128-64-64, "no conv")
+    model="cnn",                # cnn (the paper's 4 blocks of stride-2 convs, built our way) | official-cnn
+                                # (as the paper's code builds it) | maxpool | mlp (256-128-64-64, "no conv");
+                                # and the variants between cnn and official-cnn of the first-order ablation
     rotate_test_classes=False,  # rotations as new classes for validation/test too (the official code does)
     # Meta-training (None: the paper's value for the algorithm and N-way, PAPER_DEFAULTS below)
     meta_lr=1e-3,               # Adam, outer loop of maml/fomaml
@@ -66,8 +69,8 @@ CONFIG = dict(
     # Where and how it runs
     data_dir="data/omniglot",   # where the two archives are (downloaded if missing) and the cache
     device="auto",              # auto | cpu | cuda
-    threads=0,                  # torch threads per process (0: torch's default, one per core); on a machine
-                                # that other jobs share, 1 (see the README's quick start)
+    threads=0,                  # torch threads per process (0: one per core that other jobs leave free,
+                                # read from the load average as the run starts)
     seed=0,                     # seed of the initial parameters and of the training tasks
     out_dir="",                 # default: results/omniglot/<algorithm>-<split>-<N>w<K>s-seed<seed>[-<settings given>]
     resume=False,               # continue the run in out_dir from its checkpoint
@@ -88,7 +91,20 @@ PAPER_DEFAULTS = {
                           test_steps=50, reptile_inner_batch=20, reptile_eval_batch=10),
 }
 AUTO_TYPES = {key: type(value) for paper in PAPER_DEFAULTS.values() for key, value in paper.items()}  # of the Nones
-MODELS = ("cnn", "maxpool", "mlp")
+# The networks (docs/omniglot.md#the-networks): ours, the official code's, and for the
+# ablation of docs/official_network.md the official network with one part as ours,
+# or ours with one part as the official network's.
+MODELS = {
+    "cnn": models.CNN,
+    "official-cnn": models.OFFICIAL_CNN,
+    "maxpool": dataclasses.replace(models.CNN, max_pool=True),
+    "mlp": None,
+    "official-cnn+pytorch-init": dataclasses.replace(models.OFFICIAL_CNN, init="pytorch"),
+    "official-cnn+bn-scale": dataclasses.replace(models.OFFICIAL_CNN, batch_norm_scale=True),
+    "official-cnn+inner-loop-bn": dataclasses.replace(models.OFFICIAL_CNN, inner_loop_batch_norm=True),
+    "cnn+meta-only-bn": dataclasses.replace(models.CNN, inner_loop_batch_norm=False),
+    "cnn+official-init": dataclasses.replace(models.CNN, init="official"),
+}
 REPORTED_STEPS = 10  # test accuracy is reported after 0..max(10, test_steps) steps
 VALIDATION_SEED, TEST_SEED = 1, 2  # the same validation and test tasks for every run
 CHUNK_TASKS = 50  # tasks adapted at once during validation and test (a step of their progress bar)
@@ -119,7 +135,7 @@ def resolve_paper_defaults(cfg):
 
 def validate(cfg):
     settings.check_settings(
-        cfg, choices=dict(algorithm=tuple(meta_learning.ALGORITHMS), split=omniglot_data.SPLITS, model=MODELS),
+        cfg, choices=dict(algorithm=tuple(meta_learning.ALGORITHMS), split=omniglot_data.SPLITS, model=tuple(MODELS)),
         at_least=dict(n_way=2, **{key: 1 for key in (
             "k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "test_steps", "reptile_train_shots",
             "reptile_inner_batch", "reptile_eval_batch", "log_every", "validate_every", "validation_tasks")},
@@ -130,6 +146,9 @@ def validate(cfg):
     if 2 * cfg.k_shot > drawers:
         utils.fail(f"--k-shot {cfg.k_shot} with as many query images needs {2 * cfg.k_shot} drawers; "
                    f"each character has {drawers}")
+    if cfg.algorithm == "reptile" and MODELS[cfg.model] and not MODELS[cfg.model].inner_loop_batch_norm:
+        utils.fail(f"--model {cfg.model} keeps batch norm out of the inner loop, and Reptile learns only "
+                   f"what its inner loop adapts: choose another --model for reptile")
     if cfg.algorithm == "reptile" and cfg.reptile_train_shots > drawers:
         utils.fail(f"--reptile-train-shots {cfg.reptile_train_shots} exceeds the {drawers} drawers per character")
 
@@ -141,16 +160,19 @@ def accuracy(logits, labels):
 
 
 def build_network(model, n_way, generator, device):
-    """Initial parameters and forward function of the chosen network."""
-    if model == "mlp":
+    """Initial parameters, forward function and inner-loop mask (the parameters its
+    inner loop adapts; None: all) of the chosen network."""
+    net = MODELS[model]
+    if net is None:
         params = models.init_mlp([28 * 28, 256, 128, 64, 64, n_way], batch_norm=True, generator=generator)
 
         def forward(p, x):
             return models.mlp(p, x.flatten(1), batch_norm=True)
+        mask = None
     else:
-        params = models.init_cnn(n_way, generator=generator)
-        forward = functools.partial(models.cnn, max_pool=model == "maxpool")
-    return [p.to(device).requires_grad_() for p in params], forward
+        params = models.init_cnn(n_way, generator=generator, net=net)
+        forward, mask = functools.partial(models.cnn, net=net), net.inner_loop_mask(len(params))
+    return [p.to(device).requires_grad_() for p in params], forward, mask
 
 
 def task_samplers(cfg, run):
@@ -195,21 +217,22 @@ def main(argv=None):
               + ", ".join(f"{p} {s.n_classes}" for p, s in samplers.items()))
 
     # ---- model --------------------------------------------------------------
-    params, forward = build_network(cfg.model, cfg.n_way, torch.Generator().manual_seed(cfg.seed), device)
+    params, forward, network_mask = build_network(cfg.model, cfg.n_way, torch.Generator().manual_seed(cfg.seed), device)
     optimizer = torch.optim.Adam(params, lr=cfg.meta_lr)
     task_generator = torch.Generator().manual_seed(cfg.seed)
     run.track(params=params, optimizer=optimizer, task_generator=task_generator)
 
     # ---- the algorithm, chosen once ------------------------------------------
     algorithm = meta_learning.ALGORITHMS[cfg.algorithm]
+    adapted = meta_learning.inner_loop_mask(len(params), network_mask, algorithm.head_only)
     if cfg.algorithm == "reptile":
         train_shots = (cfg.reptile_train_shots, 0)  # support and query images per class of a training task
         inner = dict(inner_lr=cfg.inner_lr, inner_optimizer="adam", inner_batch=cfg.reptile_inner_batch)
         adaptation = dict(lr=cfg.inner_lr, optimizer="adam", batch_size=cfg.reptile_eval_batch)  # at test
     else:
         train_shots = (cfg.k_shot, cfg.k_shot)
-        inner = dict(inner_lr=cfg.inner_lr * cfg.n_way)
-        adaptation = dict(lr=cfg.inner_lr * cfg.n_way, optimizer="sgd", head_only=algorithm.head_only)
+        inner = dict(inner_lr=cfg.inner_lr * cfg.n_way, adapted=adapted)
+        adaptation = dict(lr=cfg.inner_lr * cfg.n_way, optimizer="sgd", adapted=adapted)
     learner = meta_learning.Learner(
         forward, F.cross_entropy, inner_steps=cfg.inner_steps, meta_batch_size=cfg.meta_batch_size,
         meta_iterations=cfg.meta_iterations, meta_step=cfg.reptile_meta_step,
@@ -260,7 +283,7 @@ def main(argv=None):
         "world_size": run.world_size, "device": utils.device_name(device, run.world_size)}
     if run.rank > 0:
         return results
-    files.save_json(results, run.path(run.results_name + ".json"))
+    run.save_results(results)
     print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot: the best validation at iteration "
           f"{run.best['iteration']}, after {run.train_seconds:.0f} s of training")
     reports.print_accuracy_by_step(test_accuracy, cfg.test_tasks, cfg.test_steps)

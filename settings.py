@@ -2,6 +2,7 @@
 comments beside it) and the checks of their ranges."""
 import argparse
 import math
+import textwrap
 import tokenize
 from types import SimpleNamespace
 
@@ -36,7 +37,16 @@ def check_tasks_per_process(world_size, **task_counts):
                  f"start at most {count} processes")
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help lines wrapped between words only, never inside a flag such as --test-tasks."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are the project's one line (exit code 2)."""
+
     def error(self, message):
         fail(message)
 
@@ -95,8 +105,8 @@ def parse_config(defaults, argv, description="", types=None, comments=None, none
     (`--resume`); --help shows each flag in its section with its comment
     (config_comments) and default (none_means[key] for a default of None).
     Returns the config as a namespace and the set of keys given on the command line."""
-    parser = _OneLineParser(description=description, argument_default=argparse.SUPPRESS,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=description, argument_default=argparse.SUPPRESS,
+                            formatter_class=_HelpFormatter)
     sections = {"": parser}
     for key, default in defaults.items():
         flag = "--" + key.replace("_", "-")

@@ -14,17 +14,31 @@ _stop_signal = []  # the signal that asked the run to stop, once one has
 _stop_at_once = []  # once training is over: the line a signal prints as it stops the run at once
 
 
+_exiting = []  # once the process is on its way out: a signal then ends it at once, quietly
+
+
 def stop_on_signals():
     """From now on SIGINT (Ctrl-C) and SIGTERM ask the training loop to stop after
     its current iteration (stop_requested); a second one stops at once, and so
-    does the first after stop_at_once_from_now."""
+    does the first after stop_at_once_from_now. Once a stop is under way, or the
+    script's work is done, a signal ends the process at once without raising
+    (an exception raised in the interpreter's teardown would print a traceback)."""
     def request_stop(signum, frame):
+        if _exiting:
+            sys.stderr.flush()
+            os._exit(128 + signum)
         if _stop_signal or _stop_at_once:
             _say_stopped(_stop_at_once[0] if _stop_at_once else "")
-            sys.exit(128 + signum)
+            exit_now(128 + signum)
         _stop_signal.append(signum)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, request_stop)
+
+
+def exit_now(code):
+    """sys.exit(code), after which a signal no longer raises (stop_on_signals)."""
+    _exiting.append(code)
+    sys.exit(code)
 
 
 def stop_requested():
@@ -61,7 +75,7 @@ def stop_if_requested(iteration, save, script, argv, rank, world_size, device):
     if rank == 0:
         _say_stopped(f"stopped at iteration {iteration}, checkpoint saved; "
                      f"continue with: {continue_command(script, argv, world_size)}")
-    sys.exit(code)
+    exit_now(code)
 
 
 def stop_at_once_from_now(script, argv, rank, world_size):
@@ -72,7 +86,7 @@ def stop_at_once_from_now(script, argv, rank, world_size):
             f"with: {continue_command(script, argv, world_size, resume=not evaluating_only)}") if rank == 0 else ""
     if _stop_signal:  # a signal came after the last iteration began
         _say_stopped(line)
-        sys.exit(128 + _stop_signal[0])
+        exit_now(128 + _stop_signal[0])
     _stop_at_once[:] = [line]
 
 
@@ -82,7 +96,11 @@ def run_main(main, argv):
     stop_on_signals()
     try:
         main(argv)
+        _exiting.append(0)
         distributed.finish()
     except distributed.ProcessFailure as error:
         print(f"\nerror: {error}", file=sys.stderr, flush=True)
         os._exit(1)  # not through the broken process group's destructors, which can abort
+    except SystemExit:
+        _exiting.append(1)
+        raise

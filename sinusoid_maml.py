@@ -20,7 +20,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 import distributed  # noqa: E402
 import files  # noqa: E402
@@ -57,8 +56,8 @@ CONFIG = dict(
     eval_seed=1234,             # seed of the test tasks
     # The run
     seed=0,                     # seed of the initial parameters and of the training tasks
-    threads=1,                  # torch threads (0: torch's default, one per core); the network is too small
-                                # for more than one to help, and on a shared machine more are much slower
+    threads=1,                  # torch threads (0: one per core that other jobs leave free); the network is
+                                # too small for more than one to help much, and on a shared machine more are slower
     log_every=100,              # iterations per metrics.csv row
     checkpoint_every=1000,      # iterations between checkpoints
     out_dir="",                 # default: results/sinusoid/<algorithm>-k<k_shot>-seed<seed>[-<settings given>]
@@ -166,22 +165,23 @@ def main(argv=None):
     sgd = dict(lr=cfg.inner_lr, optimizer="sgd")
     adaptation = {  # method: (parameters, how it adapts at test time)
         cfg.algorithm: (meta_params, dict(lr=learner.inner_lr, optimizer=learner.inner_optimizer,
-                                          head_only=algorithm.head_only)),
+                                          adapted=meta_learning.inner_loop_mask(len(meta_params),
+                                                                                head_only=algorithm.head_only))),
         "pretrained": (baseline_params, sgd),
     }
     results = {"mse": {}, "tasks": cfg.eval_tasks, "train_seconds": round(run.train_seconds, 1),
                "meta_iterations": cfg.meta_iterations, "world_size": run.world_size}
     for method, (params, inner) in adaptation.items():
         results["mse"][method] = {}
-        for k_eval in tqdm(k_shots, desc=f"testing {method} on {cfg.eval_tasks} tasks", leave=False,
-                           dynamic_ncols=True, disable=run.rank > 0):
+        for k_eval in utils.progress(k_shots, desc=f"testing {method} on {cfg.eval_tasks} tasks", transient=True,
+                                     disable=run.rank > 0):
             per_task = meta_learning.evaluate_adaptation(
                 models.mlp, mse, mse, params, distributed.take_share(support[k_eval], run.rank, run.world_size),
                 distributed.take_share((query_x, query_y), run.rank, run.world_size), cfg.eval_steps, **inner)
             results["mse"][method][str(k_eval)] = reports.summarize(distributed.gather_rows(per_task, run.world_size))
     if run.rank > 0:
         return results
-    files.save_json(results, run.path("results.json"))
+    run.save_results(results)
     print_table(results, [0, 1, 5, cfg.eval_steps] if cfg.eval_steps > 5 else range(cfg.eval_steps + 1))
 
     # ---- plots --------------------------------------------------------------

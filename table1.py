@@ -44,6 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import omniglot_maml  # noqa: E402
 import files  # noqa: E402
 import settings  # noqa: E402
+import signals  # noqa: E402
 import utils  # noqa: E402
 
 CONFIG = dict(
@@ -120,7 +121,8 @@ def cell_of(config):
     size = next((name for name, ways_shots in WAYS_SHOTS.items()
                  if ways_shots == (config.get("n_way"), config.get("k_shot"))), None)
     cell = f"{family}-{size}"
-    if cell in CELLS and config.get("model") in ("cnn", "mlp") and (family != "mlp" or config["algorithm"] == "maml"):
+    if cell in CELLS and config.get("model") in omniglot_maml.MODELS and \
+            (family != "mlp" or config["algorithm"] == "maml"):
         return cell
     return None
 
@@ -159,14 +161,15 @@ def budget_met(run, cfg, minutes):
 
 
 def train(command):
-    """Run one cell to its end. SIGTERM is passed on (the run checkpoints and stops),
-    then the table stops too; Ctrl-C reaches the run by itself."""
-    child = subprocess.Popen(command)
+    """Run one cell to its end, in a session of its own: Ctrl-C and SIGTERM, to this
+    process or its group, reach the run once, through here (the run checkpoints and
+    stops); then the table stops too."""
+    child = subprocess.Popen(command, start_new_session=True)
     stopped = []
 
     def pass_on(signum, frame):
         stopped.append(signum)
-        if signum == signal.SIGTERM:
+        if child.poll() is None:
             child.send_signal(signum)
     previous = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)}
     code = child.wait()
@@ -240,13 +243,13 @@ def table(records, split, notes=True):
     runs = {cell: read_run(os.path.join(folder, cell)) for cell in CELLS}
     lost_path = os.path.join(folder, "lost.json")
     lost = read_json(lost_path) if os.path.exists(lost_path) else {}
-    lines = ["| cell | published | ours (95% CI) | iterations | training time | device | "
-             "first within published CI | protocol notes |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| cell | published | ours (95% CI) | network | iterations | training time | device | "
+             "first within published CI | protocol notes |", "|---|---|---|---|---|---|---|---|---|"]
     for cell, (family, config, published) in CELLS.items():
         run = runs[cell]
         if run is None or run[1] is None:
             missing = f"records lost ({lost[cell]}); rerun the cell" if cell in lost else "not run"
-            lines.append(f"| {cell} | {published[0]} ± {published[1]} | {missing} | | | | | |")
+            lines.append(f"| {cell} | {published[0]} ± {published[1]} | {missing} | | | | | | |")
             continue
         config, results, rows, others = run
         test = results["test"]
@@ -257,7 +260,8 @@ def table(records, split, notes=True):
             reached = f"not yet; extrapolated: ~{estimate[0]:,.0f} iterations (~{estimate[1] / 60:.1f} h on its device)"
         else:
             reached = "not yet"
-        lines.append(f"| {cell} | {published[0]} ± {published[1]} | {headline(test)} | {test['meta_iterations']:,} | "
+        lines.append(f"| {cell} | {published[0]} ± {published[1]} | {headline(test)} | {config['model']} | "
+                     f"{test['meta_iterations']:,} | "
                      f"{test['train_seconds'] / 60:.1f} min | {results.get('device', '?')} | {reached} | "
                      f"{protocol_notes(cell, config, results, others)} |")
     if not notes:
@@ -357,7 +361,8 @@ def curve_line(ax, rows, key, scale, accuracy, label):
 
 
 def check_inputs(cfg):
-    """table1.py's own settings, before any cell starts: one line and exit 2 for a bad one."""
+    """table1.py's own settings, before any cell starts and before any folder is made:
+    one line and exit 2 for a bad one."""
     settings.check_settings(cfg, choices=dict(split=("paper", "background"), device=("auto", "cpu", "cuda")),
                             at_least=dict(processes=1, evaluate_every=1),
                             zero_is_off=dict(minutes="none", iterations="the paper's", total_minutes="none"))
@@ -379,12 +384,13 @@ def check_inputs(cfg):
         utils.fail(f"--data-dir {cfg.data_dir} is a file, not a folder")
     for key in ("out_dir", "records"):
         folder = getattr(cfg, key)
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as error:
-            utils.fail(f"--{key.replace('_', '-')} {folder}: cannot be made a folder ({error.strerror})")
-        if not os.access(folder, os.W_OK):
-            utils.fail(f"--{key.replace('_', '-')} {folder}: cannot write in it")
+        existing = os.path.abspath(folder)  # the folder, or the part of its path that exists: made when used
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            utils.fail(f"--{key.replace('_', '-')} {folder}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK):
+            utils.fail(f"--{key.replace('_', '-')} {folder}: cannot write in {existing}")
     return cells
 
 
@@ -412,14 +418,16 @@ def main(argv=None):
         command = arguments(cell, cfg, minutes, run_dir)
         print(f"{cell}: {' '.join(command)}", flush=True)
         code, stopped = train(command)
+        if code == 0:
+            print(f"{cell}: records in {record(run_dir, cfg.records, cfg.split, cell)}", flush=True)
         if stopped:
             report(cfg.records, cfg.split)
-            sys.exit(code)
+            print(f"stopped by a signal; continue with: {signals.continue_command('table1.py', argv, 1, False)}",
+                  file=sys.stderr, flush=True)
+            sys.exit(128 + stopped[0])
         if code != 0:
             failed[cell] = code
             print(f"{cell}: the run failed (exit code {code}); going on with the next cell", flush=True)
-        else:
-            print(f"{cell}: records in {record(run_dir, cfg.records, cfg.split, cell)}", flush=True)
     report(cfg.records, cfg.split)
     if failed:
         codes = set(failed.values())

@@ -1,23 +1,56 @@
-"""Small helpers every script uses: the one-line error, and where a run runs
-(device, threads)."""
+"""Small helpers every script uses: the one-line error, where a run runs
+(device, threads), progress, and what to do as the process ends."""
+import atexit
 import os
 import sys
+import time
 
 import torch
+import tqdm
 
 
 def fail(message, code=2):
     """Stop with a one-line error: exit code 2 for bad input (before any work),
-    1 for a failure mid-run (on a line of its own, after the progress bar)."""
-    print(("\n" if code == 1 else "") + f"error: {message}", file=sys.stderr)
+    1 for a failure mid-run (on a line of its own, after the progress bar). Bad
+    input is the same in every process of a run, so only process 0 says it."""
+    if code != 2 or os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(("\n" if code == 1 else "") + f"error: {message}\n")  # one write: lines never interleave
+        sys.stderr.flush()
     sys.exit(code)
 
 
+_exit_tasks = []
+
+
+def at_exit(task):
+    """Run task() as the process ends: at the interpreter's exit, or in
+    run_exit_tasks when a process ends at once (distributed.finish)."""
+    _exit_tasks.append(task)
+
+
+@atexit.register
+def run_exit_tasks():
+    while _exit_tasks:
+        _exit_tasks.pop()()
+
+
 def use_threads(threads):
-    """torch's thread count for this process: `threads`, or torch's default (one per
-    core, or OMP_NUM_THREADS) for 0."""
+    """Set torch's thread count for this process to `threads`; for 0, OMP_NUM_THREADS
+    if it is set, else one thread per core that other jobs leave free: the cores this
+    process may use less the load average of the last minute, and at least one (on a
+    busy machine a thread too many is many times slower; one too few, under 2x).
+    Returns a line that says how many and why."""
+    if threads < 0:
+        fail(f"--threads must be 0 (one per free core) or positive, got {threads}")
     if threads:
         torch.set_num_threads(threads)
+        return f"{threads} thread(s) per process (--threads)"
+    if "OMP_NUM_THREADS" in os.environ:
+        return f"{torch.get_num_threads()} thread(s) per process (OMP_NUM_THREADS)"
+    cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    torch.set_num_threads(max(1, round(cores - load)))
+    return (f"{torch.get_num_threads()} thread(s) per process: {cores} core(s), {load:.1f} of them busy with other "
+            f"jobs (load average; --threads N to choose)")
 
 
 def pick_device(name):
@@ -39,3 +72,51 @@ def device_name(device, world_size):
         with open("/proc/cpuinfo") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     return f"{model}, {torch.get_num_threads()} thread(s) per process, {world_size} process(es)"
+
+
+# ---- progress: a bar on a terminal, plain lines in a log file ----------------------
+PLAIN_PROGRESS_SECONDS = 60  # between the lines of progress written where no terminal shows a bar
+
+
+def progress(iterable, *, desc, total=None, initial=0, disable=False, transient=False):
+    """A tqdm progress bar on a terminal. Where the output is not a terminal (a log
+    file), a bar's redraws would fill it: then a plain line every PLAIN_PROGRESS_SECONDS
+    and one at the end, and none at all for a transient bar (validation, test)."""
+    if disable or sys.stderr.isatty():
+        return tqdm.tqdm(iterable, desc=desc, total=total, initial=initial, disable=disable, leave=not transient,
+                         dynamic_ncols=True)
+    if transient:
+        return tqdm.tqdm(iterable, disable=True)
+    return PlainProgress(iterable, desc, total, initial)
+
+
+class PlainProgress:
+    """The part of tqdm's interface the scripts use, as plain lines on stderr."""
+
+    def __init__(self, iterable, desc, total, initial):
+        self.iterable, self.desc, self.total, self.n, self.postfix = iterable, desc, total, initial, ""
+        self.first, self.started = initial, time.monotonic()
+        self.last_line = self.started
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.n += 1
+            if time.monotonic() - self.last_line >= PLAIN_PROGRESS_SECONDS:
+                self.line()
+
+    def line(self):
+        self.last_line = time.monotonic()
+        seconds = self.last_line - self.started
+        rate = (self.n - self.first) / seconds if seconds > 0 else 0.0
+        sys.stderr.write(f"{self.desc}: {self.n:,}/{self.total:,} after {seconds:.0f} s ({rate:.3g} it/s)"
+                         f"{self.postfix}\n")
+        sys.stderr.flush()
+
+    def set_postfix(self, **values):
+        self.postfix = "; " + ", ".join(f"{key} {value}" for key, value in values.items())
+
+    def close(self):
+        if self.n > self.first and self.last_line != -1:
+            self.line()
+        self.last_line = -1  # closed: said once

@@ -74,5 +74,41 @@ def test_omniglot_figure_in_percent_with_a_title(tmp_path):
         "accuracy": accuracy, "headline_step": 1, "split": "paper", "meta_iterations": 10, "train_seconds": 60}}))
     result = compare(folder, "--figure", tmp_path / "fig.png")
     assert result.returncode == 0, result.stderr
-    assert "| run | maml | paper | 5-way 1-shot | 10 | 1.0 min | 90.00 ± 2.00% | 1 |" in result.stdout
+    assert "| run | maml | cnn | paper | 5-way 1-shot | 10 | 1.0 min | 90.00 ± 2.00% | 1 |" in result.stdout
     assert (tmp_path / "fig.png").stat().st_size > 0
+
+
+def test_bad_records_and_arguments_are_one_line_before_any_table(tmp_path):
+    fake_sinusoid_run(tmp_path / "ok", "maml", 0.0)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "results.json").write_text("{}")
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    omniglot = tmp_path / "no-headline"
+    omniglot.mkdir()
+    (omniglot / "results.json").write_text(json.dumps({"test": {"accuracy": {}, "split": "paper"}}))
+    (omniglot / "config.json").write_text(json.dumps({"algorithm": "maml", "n_way": 5, "k_shot": 1}))
+    cases = [
+        ((tmp_path / "empty",), f"error: {tmp_path / 'empty'}/results.json holds the results of neither "
+                                f"sinusoid_maml.py (mse) nor omniglot_maml.py (test)\n"),
+        ((omniglot,), f"error: {omniglot} is not a whole record of a run: it lacks results.json test.headline_step, "
+                      f"results.json test.meta_iterations, results.json test.train_seconds\n"),
+        ((tmp_path / "ok", "--figure", tmp_path / "nowhere" / "x.png"),
+         f"error: --figure {tmp_path / 'nowhere' / 'x.png'}: the folder {tmp_path / 'nowhere'} does not exist\n"),
+        ((), "error: the following arguments are required: runs\n"),
+        ((tmp_path / "ok", "--colour", "red"), "error: unrecognized arguments: --colour red\n"),
+    ]
+    for args, message in cases:
+        result = compare(*args)
+        assert (result.returncode, result.stderr, result.stdout) == (2, message, "")
+
+
+def test_runs_whose_folders_share_a_name_are_each_a_row_told_apart(tmp_path):
+    for parent, offset in (("mine", 0.0), ("docs", 1.0)):
+        (tmp_path / parent).mkdir()
+        fake_sinusoid_run(tmp_path / parent / "maml-k10-seed0", "maml", offset)
+    result = compare(tmp_path / "mine" / "maml-k10-seed0", tmp_path / "docs" / "maml-k10-seed0",
+                     tmp_path / "mine" / "maml-k10-seed0")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| maml")]
+    assert rows == ["| maml (mine/maml-k10-seed0 (1))", "| maml (docs/maml-k10-seed0)",
+                    "| maml (mine/maml-k10-seed0 (2))"]

@@ -350,3 +350,25 @@ def test_sigterm_to_torchrun_stops_the_workers_with_a_checkpoint_and_torchrun_re
            f"sinusoid_maml.py" in output
     resumed = torchrun("sinusoid_maml.py", "--resume", "--out-dir", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-ERROR_TAIL:]
+
+
+FAILS_IN_RANK_1 = """
+import os, sys, time
+if os.environ["RANK"] == "1":
+    sys.exit(3)
+time.sleep(600)  # process 0 would run on: the launcher ends it
+"""
+
+
+def test_the_launcher_reports_the_process_that_failed_first_in_time(tmp_path, monkeypatch, capsys):
+    script = tmp_path / "fails.py"
+    script.write_text(FAILS_IN_RANK_1)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(distributed, "FAILURE_GRACE_SECONDS", 0.5)
+    try:
+        code = distributed.launch(2, [str(script)])
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    # Process 0, ended by the launcher afterwards (killed: 137), came first in rank order.
+    assert code == 3 and "error: process 1 of 2 failed first (exit code 3)" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import load_file, metrics_rows
+import files
 import lifecycle
 import signals
 
@@ -45,7 +46,7 @@ def train(run, total=10, values=lambda i: float(i), seconds_per_iteration=1.0, c
     Returns the Due of every iteration, and the parameter."""
     param = [torch.zeros(1)]
     generator = torch.Generator().manual_seed(0)
-    run.track(param=param, generator=generator)
+    run.track(params=param, generator=generator)
     dues = {}
     evaluated = ("validation_accuracy", "test_accuracy") if validate else ("test_accuracy",)
     for iteration in run.iterations(total, recorded=("loss",), evaluated=evaluated, description="toy",
@@ -73,7 +74,7 @@ def test_a_row_holds_the_means_since_the_last_row_and_every_checkpoint_is_a_row(
     assert [int(r["iteration"]) for r in rows] == [4, 5, 8, 10]  # log_every 4, checkpoints at 5 and 10
     assert [float(r["loss"]) for r in rows] == [1.5, 4.0, 6.0, 8.5]  # means of 0-3, 4, 5-7, 8-9
     checkpoint = load_file(tmp_path / "checkpoint.pt")
-    assert checkpoint["iteration"] == 10 and checkpoint["param"][0].item() == 10.0
+    assert checkpoint["iteration"] == 10 and checkpoint["params"][0].item() == 10.0
     assert run.iteration == 10 and "best" not in checkpoint  # a run that does not validate keeps no best
 
 
@@ -175,7 +176,7 @@ def test_a_checkpoint_without_a_tracked_value_is_refused_in_one_line(tmp_path, c
     train(open_run(tmp_path), total=5)
     run = open_run(tmp_path, resume=True)
     with pytest.raises(SystemExit) as stop:
-        run.track(param=[torch.zeros(1)], optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1))
+        run.track(params=[torch.zeros(1)], optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1))
     assert stop.value.code == 2 and "is damaged (it lacks optimizer)" in capsys.readouterr().err
 
 
@@ -187,3 +188,29 @@ def test_evaluation_only_trains_nothing_and_may_change_only_its_test_settings(tm
     assert run.results_name == "results"
     dues, param = train(run, total=5)
     assert dues == {} and param[0].item() == 5.0
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("no_best", "is damaged (it lacks best)"),
+    ("best_float16", "does not fit this run: its best params: tensor 0 is torch.float16 (1,) where the run's is "
+                     "torch.float32 (1,)"),
+    ("best_two_tensors", "does not fit this run: its best params: 2 tensors where the run has 1"),
+])
+def test_a_checkpoint_without_its_best_or_with_best_parameters_that_do_not_fit_is_refused(tmp_path, capsys, damage,
+                                                                                         expected):
+    train(open_run(tmp_path), total=5, validate=lambda done: 0.5)
+    path = tmp_path / "checkpoint.pt"
+    checkpoint = load_file(path)
+    if damage == "no_best":
+        del checkpoint["best"]
+    elif damage == "best_float16":
+        checkpoint["best"]["params"] = [p.half() for p in checkpoint["best"]["params"]]
+    else:
+        checkpoint["best"]["params"] = checkpoint["best"]["params"] * 2
+    checkpoint["checksum"] = files.checksum(checkpoint)
+    torch.save(checkpoint, path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        train(open_run(tmp_path, resume=True), total=10, validate=lambda done: 0.5)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and f"{path} {expected}" in err

@@ -21,7 +21,11 @@ def mse(prediction, y):
 
 
 def relative_error(a, b):
-    return max(((x - y).norm() / y.norm()).item() for x, y in zip(a, b))
+    """The largest relative difference of a tensor of a from its tensor of b; relative to a
+    ten-thousandth of b's whole norm for a tensor that is zero up to rounding (the gradient of a
+    convolution's bias before batch norm)."""
+    whole = torch.stack([y.norm() for y in b]).norm()
+    return max(((x - y).norm() / torch.maximum(y.norm(), 1e-4 * whole)).item() for x, y in zip(a, b))
 
 
 def meta_gradient(meta_loss_fn, forward, loss_fn, params, support, query, steps, lr, first_order):
@@ -37,13 +41,12 @@ def mlp_problem(generator):
     return models.mlp, mse, params, (x[:, :10], y[:, :10]), (x[:, 10:], y[:, 10:]), 0.01
 
 
-def cnn_problem(generator, max_pool=False):
+def cnn_problem(generator, net=models.CNN):
     n_way, tasks = 3, 4
-    params = [p.requires_grad_() for p in models.init_cnn(n_way, generator=generator,
-                                                           dtype=torch.float64)]
+    params = [p.requires_grad_() for p in models.init_cnn(n_way, generator=generator, dtype=torch.float64, net=net)]
     images = torch.rand(tasks, 2 * 2 * n_way, 1, 28, 28, generator=generator)
     labels = torch.arange(n_way).repeat(4).expand(tasks, -1)
-    forward = functools.partial(models.cnn, max_pool=max_pool)
+    forward = functools.partial(models.cnn, net=net)
     return (forward, F.cross_entropy, params, (images[:, :6], labels[:, :6]),
             (images[:, 6:], labels[:, 6:]), 0.4)
 
@@ -58,7 +61,8 @@ def bn_mlp_problem(generator):
 
 
 PROBLEMS = {"mlp": mlp_problem, "cnn": cnn_problem,
-            "cnn-maxpool": functools.partial(cnn_problem, max_pool=True), "mlp-batchnorm": bn_mlp_problem}
+            "cnn-maxpool": functools.partial(cnn_problem, net=models.ConvNet(max_pool=True)),
+            "official-cnn": functools.partial(cnn_problem, net=models.OFFICIAL_CNN), "mlp-batchnorm": bn_mlp_problem}
 
 
 @pytest.mark.parametrize("problem", PROBLEMS)
@@ -180,7 +184,7 @@ def test_reptile_meta_step_moves_params_by_eps_times_mean_displacement(optimizer
 def test_evaluate_adaptation_reports_metric_after_each_step(head_only):
     forward, loss_fn, params, support, query, lr = mlp_problem(torch.Generator().manual_seed(3))
     per_step = meta_learning.evaluate_adaptation(forward, loss_fn, loss_fn, params, support, query, 3, lr,
-                                                 head_only=head_only)
+                                                 adapted=meta_learning.inner_loop_mask(len(params), head_only=head_only))
     assert per_step.shape == (5, 4)
     reference = anil_reference if head_only else meta_learning.maml_meta_loss_loop
     for task in range(5):
@@ -217,14 +221,15 @@ def test_anil_meta_gradient_matches_per_task_reference(problem, steps, first_ord
     forward, loss_fn, params, support, query, lr = PROBLEMS[problem](torch.Generator().manual_seed(5))
     args = (forward, loss_fn, params, support, query, steps, lr, first_order)
     expected = meta_gradient(anil_reference, *args)
-    anil = functools.partial(meta_learning.maml_meta_loss, head_only=True)
+    head = meta_learning.inner_loop_mask(len(params), head_only=True)
+    anil = functools.partial(meta_learning.maml_meta_loss, adapted=head)
     assert relative_error(meta_gradient(anil, *args), expected) < 1e-10
-    loop = functools.partial(meta_learning.maml_meta_loss_loop, head_only=True)
+    loop = functools.partial(meta_learning.maml_meta_loss_loop, adapted=head)
     assert relative_error(meta_gradient(loop, *args), expected) < 1e-10
     for grouping in GROUPINGS.values():  # as the scripts call it
         for p in params:
             p.grad = None
-        meta_learning.maml_meta_gradient(*args, head_only=True, **grouping)
+        meta_learning.maml_meta_gradient(*args, adapted=head, **grouping)
         assert relative_error([p.grad for p in params], expected) < 1e-10
     assert all(g.abs().sum() > 0 for g in expected)  # the meta-gradient reaches every layer
     maml = meta_gradient(meta_learning.maml_meta_loss, *args)
@@ -262,3 +267,62 @@ def test_every_algorithm_is_one_meta_update_of_the_same_signature(name):
         assert torch.equal(targets, query[1])
     assert relative_error([p - s for p, s in zip(params, start)], [e - s for e, s in zip(expected, start)]) < 1e-10
     assert loss.shape == () and not loss.requires_grad and predictions.shape == targets.shape
+
+
+# ---- the official code's network (models.OFFICIAL_CNN) ---------------------------------
+def test_tf_same_padding_takes_the_windows_tensorflow_takes():
+    """Each output pixel of a stride-2 'SAME' convolution against a sum over its window,
+    which starts at pixel stride * i - pad_top (TensorFlow: the odd pad goes below)."""
+    generator = torch.Generator().manual_seed(8)
+    for size in (28, 14, 7, 4):
+        x, weight = torch.rand(1, 1, size, size, generator=generator), torch.rand(1, 1, 3, 3, generator=generator)
+        out = torch.nn.functional.conv2d(models.tf_same_pad(x, 2), weight, stride=2)
+        out_size = -(-size // 2)
+        pad_top = max((out_size - 1) * 2 + 3 - size, 0) // 2
+        assert out.shape[-1] == out_size
+        for i in range(out_size):
+            for j in range(out_size):
+                expected = sum(weight[0, 0, a, b] * x[0, 0, 2 * i - pad_top + a, 2 * j - pad_top + b]
+                               for a in range(3) for b in range(3)
+                               if 0 <= 2 * i - pad_top + a < size and 0 <= 2 * j - pad_top + b < size)
+                assert out[0, 0, i, j].item() == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_official_network_initialisation_and_layout():
+    params = models.init_cnn(5, generator=torch.Generator().manual_seed(9), net=models.OFFICIAL_CNN)
+    assert [tuple(p.shape) for p in params[:3]] == [(64, 1, 3, 3), (64,), (64,)]  # weight, bias, offset: no scale
+    assert len(params) == 4 * 3 + 2
+    for block in range(4):
+        weight, bias, offset = params[3 * block:3 * block + 3]
+        fan_in, fan_out = 9 * weight.shape[1], 9 * weight.shape[0]
+        assert weight.abs().max() <= (6 / (fan_in + fan_out)) ** 0.5  # Xavier-uniform
+        assert weight.abs().max() > 0.9 * (6 / (fan_in + fan_out)) ** 0.5
+        assert not bias.any() and not offset.any()
+    head, head_bias = params[-2:]
+    assert 0.9 < head.std().item() < 1.1 and not head_bias.any()  # N(0, 1)
+    mask = models.OFFICIAL_CNN.inner_loop_mask(len(params))
+    assert mask == (True, True, False) * 4 + (True, True)
+
+
+def test_a_convolution_bias_before_batch_norm_changes_nothing():
+    net = models.OFFICIAL_CNN
+    params = models.init_cnn(3, generator=torch.Generator().manual_seed(10), dtype=torch.float64, net=net)
+    images = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(11))
+    shifted = [p + 5.0 if i % 3 == 1 and i < 12 else p for i, p in enumerate(params)]
+    torch.testing.assert_close(models.cnn(shifted, images, net=net), models.cnn(params, images, net=net),
+                               rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_official_network_meta_gradient_with_batch_norm_out_of_the_inner_loop(steps, first_order):
+    forward, loss_fn, params, support, query, lr = cnn_problem(torch.Generator().manual_seed(12), models.OFFICIAL_CNN)
+    mask = models.OFFICIAL_CNN.inner_loop_mask(len(params))
+    args = (forward, loss_fn, params, support, query, steps, lr, first_order)
+    vmapped = meta_gradient(functools.partial(meta_learning.maml_meta_loss, adapted=mask), *args)
+    loop = meta_gradient(functools.partial(meta_learning.maml_meta_loss_loop, adapted=mask), *args)
+    assert relative_error(vmapped, loop) < 1e-10
+    everything = meta_gradient(meta_learning.maml_meta_loss, *args)
+    assert relative_error(vmapped, everything) > 1e-4  # the offsets' staying put changes the meta-gradient
+    offsets = [g for g, m in zip(vmapped, mask) if not m]
+    assert all(g.abs().sum() > 0 for g in offsets)  # and they are meta-learned

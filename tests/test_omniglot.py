@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import meta_learning
@@ -314,7 +315,7 @@ def test_every_algorithm_gives_the_same_outputs_and_adapts_at_test_as_it_trains(
     evaluate, head_only = meta_learning.evaluate_adaptation, []
 
     def recorded(*args, **kwargs):
-        head_only.append(kwargs.get("head_only", False))
+        head_only.append(kwargs.get("adapted") == meta_learning.inner_loop_mask(len(args[3]), head_only=True))
         return evaluate(*args, **kwargs)
     monkeypatch.setattr(meta_learning, "evaluate_adaptation", recorded)
     out = tmp_path / algorithm
@@ -457,9 +458,23 @@ def test_real_data_has_the_release_layout(real_data_dir):
     assert 0.04 < images.mean() / 255 < 0.2  # thin strokes on an empty background
 
 
-@pytest.mark.parametrize("model", omniglot_maml.MODELS)
+@pytest.mark.parametrize("model", ["cnn", "official-cnn", "maxpool", "mlp"])  # the variants: test_every_network_...
 @pytest.mark.parametrize("split", omniglot_data.SPLITS)
 def test_real_data_smoke_run(real_data_dir, tmp_path, model, split):
     results = omniglot_maml.main([*QUICK, "--model", model, "--split", split, "--data-dir", str(real_data_dir),
                                   "--out-dir", str(tmp_path / "run")])
     assert 0 <= results["test"]["accuracy"]["mean"][3] <= 1
+
+
+@pytest.mark.parametrize("model", omniglot_maml.MODELS)
+def test_every_network_classifies_and_its_inner_loop_adapts_what_it_says(model):
+    params, forward, mask = omniglot_maml.build_network(model, 5, torch.Generator().manual_seed(0), torch.device("cpu"))
+    net = omniglot_maml.MODELS[model]
+    images, labels = torch.rand(10, 1, 28, 28), torch.arange(5).repeat(2)
+    assert forward(params, images).shape == (10, 5)
+    adapted = meta_learning.adapt(forward, F.cross_entropy, params, images, labels, 1, 0.4, adapted=mask)[-1]
+    mask = mask or (True,) * len(params)
+    assert len(mask) == len(params)
+    assert mask.count(False) == (0 if net is None or net.inner_loop_batch_norm else 4 * (1 + net.batch_norm_scale))
+    assert all(torch.equal(a, p) for a, p, m in zip(adapted, params, mask) if not m)  # left as they are
+    assert all(not torch.equal(a, p) for a, p in zip(adapted, params) if a.dim() > 1)  # every weight adapts

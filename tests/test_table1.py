@@ -43,7 +43,7 @@ def test_cells_run_skip_when_done_continue_with_more_and_report(real_data_dir, t
     assert set(table1.CELLS) <= set(rows)
     assert "| 98.7 ± 0.4 |" in rows["maml-5w1s"] and "3 of the paper's 60,000 iterations" in rows["maml-5w1s"]
     assert "(4 tasks)" in rows["maml-5w1s"] and "2 process(es)" in rows["maml-5w1s"]
-    assert "| 89.7 ± 1.1 |" in rows["mlp-5w1s"] and "| 2 |" in rows["mlp-5w1s"]
+    assert "| 89.7 ± 1.1 |" in rows["mlp-5w1s"] and "| mlp | 2 |" in rows["mlp-5w1s"]
     assert "not run" in rows["maml-20w5s"] and "not run" in rows["reptile-5w1s"]
     assert os.path.getsize(records / "table1.png") > 0
     assert f"written: {records / 'table1.md'}, {records / 'table1.png'}" in more.stdout
@@ -53,7 +53,7 @@ def test_cells_run_skip_when_done_continue_with_more_and_report(real_data_dir, t
     added = table(tmp_path, "--add", str(tmp_path / "paper" / "mlp-5w1s"))
     assert added.returncode == 0, added.stderr[-2000:]
     assert f"mlp-5w1s: the records of {tmp_path / 'paper' / 'mlp-5w1s'} are now in" in added.stdout
-    assert "| 2 |" in table_rows(records / "table1.md")["mlp-5w1s"]
+    assert "| mlp | 2 |" in table_rows(records / "table1.md")["mlp-5w1s"]
 
 
 def table_rows(path):
@@ -74,7 +74,8 @@ def test_the_published_table_is_rebuilt_from_the_committed_records(tmp_path):
     for cell in os.listdir(records / "paper"):
         if os.path.exists(records / "paper" / cell / "results.json"):
             test = json.loads((records / "paper" / cell / "results.json").read_text())["test"]
-            assert f"| {table1.headline(test)} | {test['meta_iterations']:,} |" in rows[cell]
+            model = json.loads((records / "paper" / cell / "config.json").read_text())["model"]
+            assert f"| {table1.headline(test)} | {model} | {test['meta_iterations']:,} |" in rows[cell]
             recorded += 1
     assert recorded >= 1
     assert os.path.getsize(records / "paper" / "table1.png") > 0
@@ -99,7 +100,7 @@ def test_a_row_names_other_test_protocols_and_settings_that_differ_from_the_pape
     (tmp_path / "paper" / "lost.json").write_text(json.dumps({"maml-5w5s": "97 after 10 iterations"}))
     table1.report(str(tmp_path), "paper")
     rows = table_rows(tmp_path / "paper" / "table1.md")
-    assert "| 91.23 ± 1.00 | 100 |" in rows["maml-5w1s"]
+    assert "| 91.23 ± 1.00 | cnn | 100 |" in rows["maml-5w1s"]
     assert "inner_lr 0.2 (paper: 0.4)" in rows["maml-5w1s"]
     assert "test classes rotated (the official code's protocol): 89.87 ± 1.00" in rows["maml-5w1s"]
     assert "records lost (97 after 10 iterations); rerun the cell" in rows["maml-5w5s"]
@@ -112,7 +113,8 @@ def test_first_point_within_the_published_interval():
     assert table1.first_within(rows, (99.9, 0.1)) is None
 
 
-def test_sigterm_stops_the_run_with_a_checkpoint_and_the_table(real_data_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_table_alone_stops_the_run_with_a_checkpoint_and_the_table(real_data_dir, tmp_path, signum):
     driver = subprocess.Popen([sys.executable, "table1.py", "--out-dir", str(tmp_path), "--records",
                                str(tmp_path / "records"), *TINY, "--cells", "mlp-5w1s",
                                "--data-dir", str(real_data_dir), "--iterations", "100000"],
@@ -121,10 +123,11 @@ def test_sigterm_stops_the_run_with_a_checkpoint_and_the_table(real_data_dir, tm
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline:
         time.sleep(0.2)
-    driver.send_signal(signal.SIGTERM)
+    driver.send_signal(signum)  # to table1.py's own process, not its group, as a scheduler may
     out, err = driver.communicate(timeout=120)
-    assert driver.returncode == 143, err[-2000:]
+    assert driver.returncode == 128 + signum, err[-2000:]
     assert "checkpoint saved; continue with" in err and checkpoint.exists()
+    assert "stopped by a signal; continue with: python table1.py --out-dir" in err
     table_md = tmp_path / "records" / "paper" / "table1.md"
     assert "| mlp-5w1s | 89.7 ± 1.1 | not run |" in table_md.read_text()  # not finished
 
@@ -176,3 +179,18 @@ def test_when_every_cell_fails_alike_the_exit_code_says_so(tmp_path, monkeypatch
         table1.main(["--cells", "maml-5w1s,mlp-5w1s", "--out-dir", str(tmp_path), "--records", str(tmp_path / "r")])
     assert stop.value.code == 2
     assert "2 cell(s) failed: maml-5w1s, mlp-5w1s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["records_is_a_file", "add_names_no_finished_run", "report"])
+def test_a_refused_or_report_only_invocation_makes_no_folder(tmp_path, case):
+    out = tmp_path / "out"
+    (tmp_path / "a-file").write_text("")
+    args = {"records_is_a_file": ["--records", str(tmp_path / "a-file")],
+            "add_names_no_finished_run": ["--records", str(tmp_path / "records"), "--add", str(tmp_path)],
+            "report": ["--records", str(tmp_path / "records"), "--report"]}[case]
+    result = subprocess.run([sys.executable, "table1.py", "--out-dir", str(out), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == (0 if case == "report" else 2), result.stderr
+    assert not out.exists()
+    if case == "records_is_a_file":
+        assert result.stderr == f"error: --records {tmp_path / 'a-file'}: {tmp_path / 'a-file'} is a file, not a folder\n"

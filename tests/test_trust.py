@@ -293,23 +293,36 @@ def straight_sine(tmp_path_factory):
     return run_dir
 
 
+# The run sends itself the signal as it records iteration 400, so that the iteration it
+# stops at does not depend on how fast the machine is (a test that waits for a file and
+# then signals races the run: on a loaded machine the signal can land right after a
+# regular checkpoint, or far later).
+SIGNAL_ITSELF = """
+import os, sys
+sys.path.insert(0, {root!r})
+import lifecycle, signals, sinusoid_maml
+record = lifecycle.Run.record
+def record_and_signal(self, **values):
+    if self.done == 400:
+        os.kill(os.getpid(), {signum})
+    return record(self, **values)
+lifecycle.Run.record = record_and_signal
+signals.run_main(sinusoid_maml.main, {args!r})
+"""
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_after_the_iteration_with_a_checkpoint_and_resumes_to_the_same_run(
         tmp_path, straight_sine, signum, code):
     run_dir = tmp_path / "run"
-    run = subprocess.Popen([sys.executable, "sinusoid_maml.py", *SINE_LONG, "--out-dir", str(run_dir)], cwd=ROOT,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    run.send_signal(signum)
-    err = run.communicate(timeout=120)[1]
-    assert run.returncode == code and "Traceback" not in err
-    stopped_at = load_file(run_dir / "checkpoint.pt")["iteration"]
-    assert 250 < stopped_at < 1500  # not the regular checkpoint: one written on the signal
+    args = [*SINE_LONG, "--out-dir", str(run_dir)]
+    run = subprocess.run([sys.executable, "-c", SIGNAL_ITSELF.format(root=ROOT, signum=int(signum), args=args)],
+                         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, timeout=300)
+    assert run.returncode == code and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert load_file(run_dir / "checkpoint.pt")["iteration"] == 400  # not a regular checkpoint (every 250)
     command = f"python sinusoid_maml.py {' '.join(SINE_LONG)} --out-dir {run_dir} --resume"
-    assert f"stopped at iteration {stopped_at}, checkpoint saved; continue with: {command}" in err
+    assert f"stopped at iteration 400, checkpoint saved; continue with: {command}" in run.stderr
     sinusoid_maml.main(command.split()[2:])
     for key in ("meta_params", "baseline_params"):
         for a, b in zip(load_file(run_dir / "checkpoint.pt")[key], load_file(straight_sine / "checkpoint.pt")[key]):
@@ -564,3 +577,135 @@ def test_the_expected_duration_is_said_once_after_the_first_iterations(monkeypat
     out = capsys.readouterr().out
     assert out.count("expected:") == 1
     assert "expected: ~8 min for the 980 iterations left (0.5 s per iteration over the first 20" in out
+
+
+# ---- checkpoints validated by content -----------------------------------------------
+def damaged_checkpoint(tmp_path, damage):
+    """A finished sinusoid run whose checkpoint is changed as other code might write it,
+    its checksum recomputed so that only the content checks can find it."""
+    sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)])
+    path = tmp_path / "checkpoint.pt"
+    checkpoint = load_file(path)
+    params = checkpoint["meta_params"]
+    if damage == "wrong_shape":
+        params[0] = torch.zeros(3, 1)
+    elif damage == "two_of_six":
+        checkpoint["meta_params"] = params[:2]
+    elif damage == "float16":
+        checkpoint["meta_params"] = [p.half() for p in params]
+    elif damage == "optimizer_moment":
+        checkpoint["meta_optimizer"]["state"][1]["exp_avg"] = torch.zeros(7)
+    checkpoint["checksum"] = files.checksum(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("wrong_shape", "its meta_params: tensor 0 is torch.float32 (3, 1) where the run's is torch.float32 (40, 1)"),
+    ("two_of_six", "its meta_params: 2 tensors where the run has 6"),
+    ("float16", "its meta_params: tensor 0 is torch.float16 (40, 1) where the run's is torch.float32 (40, 1)"),
+    ("optimizer_moment", "its meta_optimizer: its exp_avg of parameter 1 is (7,), not (40,)"),
+])
+def test_a_checkpoint_whose_tensors_do_not_fit_the_run_is_one_line(tmp_path, capsys, damage, expected):
+    path = damaged_checkpoint(tmp_path, damage)
+    capsys.readouterr()
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, "--resume", "--out-dir", str(tmp_path)]))
+    assert err == f"error: {path} does not fit this run: {expected}; resume from a copy or start a new run"
+
+
+def test_a_checkpoint_without_a_checksum_is_checked_for_fit_and_used_with_a_warning(tmp_path, capsys):
+    sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)])
+    path = tmp_path / "checkpoint.pt"
+    checkpoint = load_file(path)
+    del checkpoint["checksum"]
+    torch.save(checkpoint, path)
+    capsys.readouterr()
+    results = sinusoid_maml.main([*SINE_QUICK, "--resume", "--meta-iterations", "12", "--out-dir", str(tmp_path)])
+    assert results["meta_iterations"] == 12
+    assert f"warning: {path} has no checksum, so damage to its contents cannot be detected" in capsys.readouterr().err
+    checkpoint = load_file(path)
+    checkpoint["meta_params"] = checkpoint["meta_params"][:2]
+    del checkpoint["checksum"]
+    torch.save(checkpoint, path)
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, "--resume", "--out-dir", str(tmp_path)]))
+    assert "does not fit this run: its meta_params: 2 tensors where the run has 6" in err
+
+
+# ---- metrics.csv: damaged lines -------------------------------------------------------
+def test_a_garbage_line_and_a_cut_last_row_of_metrics_csv_are_dropped_on_resume(tmp_path, capsys):
+    args = [*SINE_QUICK, "--log-every", "1"]
+    sinusoid_maml.main([*args, "--out-dir", str(tmp_path / "straight")])
+    run_dir = tmp_path / "run"
+    sinusoid_maml.main([*args, "--meta-iterations", "5", "--out-dir", str(run_dir)])
+    lines = (run_dir / "metrics.csv").read_text().splitlines(keepends=True)
+    (run_dir / "metrics.csv").write_text("".join(lines[:3] + ["garbage, not a row\n"] + lines[3:]) + "4")
+    capsys.readouterr()
+    sinusoid_maml.main([*args, "--resume", "--out-dir", str(run_dir)])
+    err = capsys.readouterr().err
+    assert "line 4 is not a whole row of numbers ('garbage, not a row'); dropped" in err
+    assert "its last line was cut short ('4'); dropped" in err and "Traceback" not in err
+    assert metrics_rows(run_dir / "metrics.csv") == metrics_rows(tmp_path / "straight" / "metrics.csv")
+
+
+# ---- signals ----------------------------------------------------------------------------
+def test_a_signal_while_a_stop_is_under_way_ends_the_process_without_raising(monkeypatch):
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    ended = []
+    monkeypatch.setattr(signals.os, "_exit", ended.append)
+    for state in ("_stop_signal", "_stop_at_once", "_exiting"):
+        monkeypatch.setattr(signals, state, [])
+    try:
+        signals.stop_on_signals()
+        handler = signal.getsignal(signal.SIGINT)
+        handler(signal.SIGINT, None)  # the first Ctrl-C: stop after the iteration
+        with pytest.raises(SystemExit):
+            signals.stop_if_requested(7, lambda: None, "toy.py", [], 0, 1, torch.device("cpu"))
+        handler(signal.SIGINT, None)  # the second, 0.02 s later: the interpreter is tearing down
+        assert ended == [130]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# ---- the data cache's temporary file ---------------------------------------------------
+@pytest.mark.parametrize("problem", ["cache_is_a_folder", "full_disk"])
+def test_a_cache_that_cannot_be_written_leaves_no_temporary_file(synthetic, monkeypatch, capsys, problem):
+    if problem == "cache_is_a_folder":
+        (synthetic / omniglot_data.CACHE_NAME).mkdir()
+    else:
+        savez = omniglot_data.np.savez
+
+        def half_then_full(f, **arrays):
+            f.write(b"x" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(omniglot_data.np, "savez", half_then_full)
+    images, _ = omniglot_data.load_omniglot(str(synthetic))
+    assert images.shape[1:] == (20, 28, 28) and "warning: cannot write the cache" in capsys.readouterr().err
+    assert sorted(os.listdir(synthetic)) == sorted(["images_background.zip", "images_evaluation.zip"]
+                                                   + ([omniglot_data.CACHE_NAME] if problem != "full_disk" else []))
+
+
+# ---- bad input, one line ------------------------------------------------------------------
+@pytest.mark.parametrize("script", [sinusoid_maml, omniglot_maml])
+def test_negative_threads_is_one_line(tmp_path, capsys, script):
+    err = one_line_exit(capsys, lambda: script.main(["--threads", "-1", "--out-dir", str(tmp_path / "run")]))
+    assert err == "error: --threads must be 0 (one per free core) or positive, got -1"
+    assert not (tmp_path / "run").exists()
+
+
+def test_three_processes_say_a_bad_input_once(tmp_path):
+    result = subprocess.run([sys.executable, "distributed.py", "--processes", "3", "sinusoid_maml.py", "--meta-lr",
+                             "nan", "--out-dir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == "error: --meta-lr: expected a finite number, got 'nan'\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--processes", "0", "sinusoid_maml.py"], "error: --processes must be at least 1, got 0\n"),
+    (["sinusoid_maml.py"], "error: the following arguments are required: --processes\n"),
+])
+def test_the_launchers_own_errors_are_one_line(args, message):
+    result = subprocess.run([sys.executable, "distributed.py", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and result.stderr == message

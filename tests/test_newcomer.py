@@ -1,0 +1,129 @@
+"""A newcomer's first hour: threads chosen from the free cores, progress in log files,
+a folder's files of one state, failed starts that leave nothing, extracted archives,
+--help."""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import omniglot_data
+import omniglot_maml
+import signals
+import sinusoid_maml
+import utils
+from conftest import ROOT
+from test_omniglot import SMALL, write_archive
+from test_trust import SINE_QUICK
+
+
+# ---- threads -------------------------------------------------------------------------
+@pytest.mark.parametrize("load, threads", [(0.1, 2), (0.7, 1), (1.4, 1), (6.0, 1)])
+def test_threads_zero_takes_the_cores_other_jobs_leave_free(monkeypatch, load, threads):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(utils.os, "getloadavg", lambda: (load, 0.0, 0.0))
+    try:
+        line = utils.use_threads(0)
+        assert torch.get_num_threads() == threads
+        assert line == f"{threads} thread(s) per process: 2 core(s), {load:.1f} of them busy with other jobs " \
+                       f"(load average; --threads N to choose)"
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_omp_num_threads_or_a_thread_count_given_is_taken_as_it_is(monkeypatch):
+    monkeypatch.setattr(utils.os, "getloadavg", lambda: (6.0, 0.0, 0.0))
+    try:
+        assert utils.use_threads(2) == "2 thread(s) per process (--threads)" and torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert utils.use_threads(0) == "2 thread(s) per process (OMP_NUM_THREADS)"
+    finally:
+        torch.set_num_threads(1)
+
+
+# ---- progress in a log file --------------------------------------------------------------
+def test_output_that_is_not_a_terminal_gets_plain_progress_lines(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(utils, "PLAIN_PROGRESS_SECONDS", 0)  # a line after every iteration
+    sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = [line for line in err.splitlines() if line.startswith("maml meta-training: ")]
+    assert [line.split(" after ")[0] for line in lines] == \
+        [f"maml meta-training: {i}/10" for i in range(1, 11)] + ["maml meta-training: 10/10"]
+    assert "; meta_loss " in lines[-1] and "it/s" in lines[-1]
+
+
+# ---- one state per folder ---------------------------------------------------------------
+def test_a_continuation_stopped_before_its_end_leaves_config_and_results_of_one_state(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(run_dir)])
+    before = {name: (run_dir / name).read_text() for name in ("config.json", "results.json")}
+    monkeypatch.setattr(signals, "stop_requested", lambda: 130)
+    with pytest.raises(SystemExit):
+        sinusoid_maml.main([*SINE_QUICK, "--meta-iterations", "20", "--resume", "--out-dir", str(run_dir)])
+    assert {name: (run_dir / name).read_text() for name in before} == before
+    assert json.loads(before["config.json"])["meta_iterations"] == 10
+    monkeypatch.undo()
+    sinusoid_maml.main([*SINE_QUICK, "--meta-iterations", "20", "--resume", "--out-dir", str(run_dir)])
+    config, results = (json.loads((run_dir / name).read_text()) for name in ("config.json", "results.json"))
+    assert config["meta_iterations"] == results["meta_iterations"] == 20
+
+
+# ---- failed starts leave nothing, wherever the script is run from ----------------------
+def test_a_start_without_data_leaves_no_folder_in_the_current_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(utils, "_exit_tasks", [])
+
+    def offline(name, data_dir):
+        raise omniglot_data.DataError(f"cannot download {name} (offline)")
+    monkeypatch.setattr(omniglot_data, "download", offline)
+    with pytest.raises(SystemExit) as stop:
+        omniglot_maml.main([])
+    assert stop.value.code == 2 and "cannot download images_background.zip" in capsys.readouterr().err
+    utils.run_exit_tasks()  # as the process ends
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_finished_run_leaves_no_lock_file(tmp_path):
+    result = subprocess.run([sys.executable, "sinusoid_maml.py", *SINE_QUICK, "--out-dir", str(tmp_path / "run")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ".lock" not in os.listdir(tmp_path / "run") and "results.json" in os.listdir(tmp_path / "run")
+
+
+# ---- extracted archives ----------------------------------------------------------------
+def test_extracted_archives_are_read_as_the_zip_files(tmp_path, small_layout):
+    zips, extracted = tmp_path / "zips", tmp_path / "extracted"
+    for folder in (zips, extracted):
+        folder.mkdir()
+    for set_name, (alphabets, characters) in SMALL.items():
+        write_archive(zips / f"{set_name}.zip", set_name, alphabets, characters)
+        with zipfile.ZipFile(zips / f"{set_name}.zip") as archive:
+            archive.extractall(extracted)
+    from_zips, from_folders = omniglot_data.load_omniglot(str(zips)), omniglot_data.load_omniglot(str(extracted))
+    assert np.array_equal(from_zips[0], from_folders[0]) and np.array_equal(from_zips[1], from_folders[1])
+    os.remove(next((extracted / "images_evaluation" / "Alphabet_1" / "character02").glob("*_07.png")))
+    with pytest.raises(omniglot_data.DataError, match="character Alphabet_1/character02 does not have drawers 01-20"):
+        omniglot_data.load_omniglot(str(extracted))
+
+
+@pytest.fixture
+def small_layout(monkeypatch):
+    monkeypatch.setattr(omniglot_data, "EXPECTED_LAYOUT", {s: (a, a * c) for s, (a, c) in SMALL.items()})
+    monkeypatch.setattr(omniglot_data, "BACKGROUND_VALIDATION_ALPHABETS", 1)
+
+
+# ---- --help ----------------------------------------------------------------------------
+@pytest.mark.parametrize("columns", [80, 90, 100])  # at 90, argparse's wrapping used to cut --test-tasks
+def test_help_never_breaks_a_flag_across_lines(columns):
+    result = subprocess.run([sys.executable, "omniglot_maml.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "COLUMNS": str(columns)})
+    assert result.returncode == 0
+    words = result.stdout.split()
+    assert "--test-tasks" in words
+    assert not [w for w in words if len(w) > 1 and w.endswith("-") and w.startswith("-")]  # a flag cut at a dash
