@@ -67,7 +67,8 @@ CONFIG = dict(
                                 # against-time curve in metrics.csv (0: only the final test of the best)
     test_tasks=600,             # fixed test tasks of the final test
     # Where and how it runs
-    data_dir="data/omniglot",   # where the two archives are (downloaded if missing) and the cache
+    data_dir="data/omniglot",   # where the two archives (or the folders they unzip into) are, downloaded if
+                                # missing, and the cache; this and out_dir are relative to the current folder
     device="auto",              # auto | cpu | cuda
     threads=0,                  # torch threads per process (0: one per core that other jobs leave free,
                                 # read from the load average as the run starts)

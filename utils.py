@@ -49,8 +49,8 @@ def use_threads(threads):
         return f"{torch.get_num_threads()} thread(s) per process (OMP_NUM_THREADS)"
     cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
     torch.set_num_threads(max(1, round(cores - load)))
-    return (f"{torch.get_num_threads()} thread(s) per process: {cores} core(s), {load:.1f} of them busy with other "
-            f"jobs (load average; --threads N to choose)")
+    return (f"{torch.get_num_threads()} thread(s) per process: {cores} core(s), load average {load:.1f} from other "
+            f"jobs (--threads N to choose)")
 
 
 def pick_device(name):

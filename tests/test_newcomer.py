@@ -30,8 +30,8 @@ def test_threads_zero_takes_the_cores_other_jobs_leave_free(monkeypatch, load, t
     try:
         line = utils.use_threads(0)
         assert torch.get_num_threads() == threads
-        assert line == f"{threads} thread(s) per process: 2 core(s), {load:.1f} of them busy with other jobs " \
-                       f"(load average; --threads N to choose)"
+        assert line == f"{threads} thread(s) per process: 2 core(s), load average {load:.1f} from other jobs " \
+                       f"(--threads N to choose)"
     finally:
         torch.set_num_threads(1)
 

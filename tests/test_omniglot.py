@@ -254,7 +254,7 @@ def test_bad_download_is_never_used(tmp_path, release_server, kind, message):
     data_dir = tmp_path / "data"
     with pytest.raises(omniglot_data.DataError, match=message):
         omniglot_data.load_omniglot(str(data_dir))
-    assert os.listdir(data_dir) == []
+    assert not data_dir.exists()  # no partial file, and not the folder made for the download
 
 
 def test_offline_error_says_where_to_put_the_archives(tmp_path, monkeypatch):

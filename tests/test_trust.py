@@ -331,23 +331,33 @@ def test_a_signal_stops_after_the_iteration_with_a_checkpoint_and_resumes_to_the
     assert metrics_rows(run_dir / "metrics.csv") == metrics_rows(straight_sine / "metrics.csv")
 
 
+# The run sends itself SIGTERM as its final test begins; "at once" is then that no other
+# test task set is started after it (not a time, which a loaded machine stretches).
+SIGNAL_IN_THE_FINAL_TEST = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import meta_learning, signals, sinusoid_maml
+evaluate = meta_learning.evaluate_adaptation
+def signal_then_evaluate(*args, **kwargs):
+    print("a test begins", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return evaluate(*args, **kwargs)
+meta_learning.evaluate_adaptation = signal_then_evaluate
+signals.run_main(sinusoid_maml.main, {args!r})
+"""
+
+
 def test_a_signal_during_the_final_test_stops_at_once_and_the_resume_tests_again(tmp_path):
     run_dir = tmp_path / "run"
     args = ["--meta-iterations", "20", "--checkpoint-every", "20", "--eval-k-shots", "5,10,20,40,80",
             "--eval-steps", "60", "--out-dir", str(run_dir)]
-    run = subprocess.Popen([sys.executable, "sinusoid_maml.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.5)  # the final test of 600 tasks has begun
-    run.send_signal(signal.SIGTERM)
-    signalled = time.perf_counter()
-    err = run.communicate(timeout=120)[1]
-    assert run.returncode == 143 and time.perf_counter() - signalled < 3 and "Traceback" not in err
+    run = subprocess.run([sys.executable, "-c", SIGNAL_IN_THE_FINAL_TEST.format(root=ROOT, args=args)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 143 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.stdout.count("a test begins") == 1  # of the 10 (2 methods x 5 K): it stopped in the first
     command = f"python sinusoid_maml.py {' '.join(args)} --resume"
     assert f"stopped during the final test; the run's training is complete and checkpointed; test it again " \
-           f"with: {command}" in err
+           f"with: {command}" in run.stderr
     assert not (run_dir / "results.json").exists()
     results = sinusoid_maml.main(command.split()[2:])
     assert results["meta_iterations"] == 20 and (run_dir / "results.json").exists()
@@ -649,9 +659,13 @@ def test_a_garbage_line_and_a_cut_last_row_of_metrics_csv_are_dropped_on_resume(
 
 # ---- signals ----------------------------------------------------------------------------
 def test_a_signal_while_a_stop_is_under_way_ends_the_process_without_raising(monkeypatch):
+    class Ended(Exception):
+        """os._exit, which ends the process at once: no exception that Python code could see."""
+
+    def end_at_once(code):
+        raise Ended(code)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    ended = []
-    monkeypatch.setattr(signals.os, "_exit", ended.append)
+    monkeypatch.setattr(signals.os, "_exit", end_at_once)
     for state in ("_stop_signal", "_stop_at_once", "_exiting"):
         monkeypatch.setattr(signals, state, [])
     try:
@@ -660,8 +674,8 @@ def test_a_signal_while_a_stop_is_under_way_ends_the_process_without_raising(mon
         handler(signal.SIGINT, None)  # the first Ctrl-C: stop after the iteration
         with pytest.raises(SystemExit):
             signals.stop_if_requested(7, lambda: None, "toy.py", [], 0, 1, torch.device("cpu"))
-        handler(signal.SIGINT, None)  # the second, 0.02 s later: the interpreter is tearing down
-        assert ended == [130]
+        with pytest.raises(Ended, match="130"):  # the second, 0.02 s later, as the interpreter tears down
+            handler(signal.SIGINT, None)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
