@@ -388,7 +388,8 @@ def check_inputs(cfg):
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing):
-            utils.fail(f"--{key.replace('_', '-')} {folder}: {existing} is a file, not a folder")
+            where = "" if existing == os.path.abspath(folder) else f": {existing}"
+            utils.fail(f"--{key.replace('_', '-')} {folder}{where} is a file, not a folder")
         if not os.access(existing, os.W_OK):
             utils.fail(f"--{key.replace('_', '-')} {folder}: cannot write in {existing}")
     return cells

@@ -165,7 +165,8 @@ def test_extrapolation_follows_a_power_law_curve_to_the_published_interval():
     (["--extra", "--bogus 3"], "--extra '--bogus 3': unrecognized arguments: --bogus 3"),
     (["--extra", "--test-tasks 'ten"], "No closing quotation"),
     (["--data-dir", "README.md"], "--data-dir README.md is a file, not a folder"),
-    (["--out-dir", "README.md"], "--out-dir README.md: cannot be made a folder"),
+    (["--out-dir", "README.md"], "--out-dir README.md is a file, not a folder"),
+    (["--out-dir", "README.md/runs"], "--out-dir README.md/runs: "),
     (["--add", "docs"], "docs holds no finished run (no results.json)"),
 ])
 def test_bad_input_is_one_line(capsys, tmp_path, args, message):
@@ -193,4 +194,4 @@ def test_a_refused_or_report_only_invocation_makes_no_folder(tmp_path, case):
     assert result.returncode == (0 if case == "report" else 2), result.stderr
     assert not out.exists()
     if case == "records_is_a_file":
-        assert result.stderr == f"error: --records {tmp_path / 'a-file'}: {tmp_path / 'a-file'} is a file, not a folder\n"
+        assert result.stderr == f"error: --records {tmp_path / 'a-file'} is a file, not a folder\n"

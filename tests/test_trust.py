@@ -520,7 +520,8 @@ def test_help_shows_each_flag_with_its_comment_and_default(script, capsys):
                 "--reptile-inner-optimizer STR adam (beta1 = 0, as the Reptile paper) | sgd (default: 'adam')") in out
 
 
-def test_omniglot_says_what_it_does_while_it_prepares_validates_and_tests(synthetic, tmp_path, capsys):
+def test_omniglot_says_what_it_does_while_it_prepares_validates_and_tests(synthetic, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # progress bars, as on a terminal
     omniglot_maml.main([*QUICK, "--n-way", "2", "--data-dir", str(synthetic), "--out-dir", str(tmp_path / "run")])
     captured = capsys.readouterr()
     assert "preprocessing the Omniglot images into" in captured.out
@@ -712,7 +713,7 @@ def test_three_processes_say_a_bad_input_once(tmp_path):
                              "nan", "--out-dir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2
-    assert result.stderr == "error: --meta-lr: expected a finite number, got 'nan'\n"
+    assert result.stderr == "error: argument --meta-lr: expected a finite number, got 'nan'\n"
 
 
 @pytest.mark.parametrize("args, message", [
