@@ -11,12 +11,17 @@ A run writes config.json, metrics.csv, checkpoint.pt (latest), best.pt (best
 validation accuracy), results.json and plots to its folder; --resume continues it.
 The data, splits, network (batch norm is transductive) and protocol: docs/omniglot.md.
 """
-import dataclasses
-import functools
-import math
 import sys
 
-import matplotlib
+import settings  # first: --help is answered before the imports below, which take seconds on a busy machine
+if __name__ == "__main__":
+    settings.answer_help(__file__, __doc__, sys.argv[1:])
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import math  # noqa: E402
+
+import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
@@ -29,7 +34,6 @@ import meta_learning  # noqa: E402
 import models  # noqa: E402
 import omniglot_data  # noqa: E402
 import reports  # noqa: E402
-import settings  # noqa: E402
 import signals  # noqa: E402
 import utils  # noqa: E402
 
@@ -45,7 +49,8 @@ CONFIG = dict(
                                 # (as the paper's code builds it) | maxpool | mlp (256-128-64-64, "no conv");
                                 # and the variants between cnn and official-cnn of the first-order ablation
     rotate_test_classes=False,  # rotations as new classes for validation/test too (the official code does)
-    # Meta-training (None: the paper's value for the algorithm and N-way, PAPER_DEFAULTS below)
+    # Meta-training (None: the paper's value for the N-way and the algorithm's family, maml for
+    # maml, fomaml and anil, or reptile: PAPER_DEFAULTS below)
     meta_lr=1e-3,               # Adam, outer loop of maml/fomaml
     meta_iterations=None,       # meta-updates; a run may be continued to more (not Reptile's: annealed over them)
     meta_batch_size=None,       # tasks per meta-update
@@ -91,7 +96,7 @@ PAPER_DEFAULTS = {
     ("reptile", 20): dict(meta_iterations=200_000, meta_batch_size=5, inner_lr=5e-4, inner_steps=10,
                           test_steps=50, reptile_inner_batch=20, reptile_eval_batch=10),
 }
-AUTO_TYPES = {key: type(value) for paper in PAPER_DEFAULTS.values() for key, value in paper.items()}  # of the Nones
+AUTO_TYPES = settings.paper_types(PAPER_DEFAULTS)  # the types of the settings whose default is None
 # The networks (docs/omniglot.md#the-networks): ours, the official code's, and for the
 # ablation of docs/official_network.md the official network with one part as ours,
 # or ours with one part as the official network's.
@@ -110,19 +115,6 @@ REPORTED_STEPS = 10  # test accuracy is reported after 0..max(10, test_steps) st
 VALIDATION_SEED, TEST_SEED = 1, 2  # the same validation and test tasks for every run
 CHUNK_TASKS = 50  # tasks adapted at once during validation and test (a step of their progress bar)
 TEST_ONLY_KEYS = ("rotate_test_classes", "test_tasks", "test_steps")  # --eval-only may change these
-
-
-def paper_values():
-    """--help text of each setting whose default is the paper's value: those values."""
-    texts = {}
-    for key in AUTO_TYPES:
-        families = {}
-        for (family, n_way), values in PAPER_DEFAULTS.items():
-            if key in values:
-                shown = f"{values[key]:,}" if isinstance(values[key], int) else f"{values[key]:g}"
-                families.setdefault("maml/fomaml" if family == "maml" else family, []).append(f"{n_way}-way {shown}")
-        texts[key] = "the paper's: " + "; ".join(f"{family} {', '.join(v)}" for family, v in families.items())
-    return texts
 
 
 def resolve_paper_defaults(cfg):
@@ -199,7 +191,8 @@ def task_samplers(cfg, run):
 def main(argv=None):
     # ---- config -------------------------------------------------------------
     cfg, given = settings.parse_config(CONFIG, argv, __doc__, types=AUTO_TYPES,
-                                       comments=settings.config_comments(__file__), none_means=paper_values())
+                                       comments=settings.config_comments(__file__),
+                                       none_means=settings.paper_values(PAPER_DEFAULTS))
     resolve_paper_defaults(cfg)
     validate(cfg)
     run = lifecycle.Run("omniglot", __file__, argv, cfg, given, CONFIG, device=utils.pick_device(cfg.device),

@@ -1,6 +1,7 @@
 """Settings: a script's CONFIG on the command line (with --help read from the
 comments beside it) and the checks of their ranges."""
 import argparse
+import ast
 import math
 import textwrap
 import tokenize
@@ -96,6 +97,43 @@ def config_comments(script):
             else:
                 heading.append(text)
     return help_texts
+
+
+def paper_types(paper_defaults):
+    """The type of each setting whose default, None, stands for a paper's value;
+    paper_defaults: {(family, N-way): {setting: value}}."""
+    return {key: type(value) for values in paper_defaults.values() for key, value in values.items()}
+
+
+def paper_values(paper_defaults):
+    """--help text of each setting whose default is a paper's value: those values."""
+    texts = {}
+    for key in paper_types(paper_defaults):
+        families = {}
+        for (family, n_way), values in paper_defaults.items():
+            if key in values:
+                shown = f"{values[key]:,}" if isinstance(values[key], int) else f"{values[key]:g}"
+                families.setdefault(family, []).append(f"{n_way}-way {shown}")
+        texts[key] = "the paper's: " + "; ".join(f"{family} {', '.join(v)}" for family, v in families.items())
+    return texts
+
+
+def answer_help(script, description, argv):
+    """With -h or --help in argv, print the script's --help and exit, reading its
+    CONFIG and PAPER_DEFAULTS from its source: called before the script's other
+    imports, so that --help waits for no framework to load."""
+    if not {"-h", "--help"} & set(argv):
+        return
+    with open(script) as f:
+        tree = ast.parse(f.read())
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in ("CONFIG", "PAPER_DEFAULTS"):
+            found[node.targets[0].id] = eval(compile(ast.Expression(node.value), script, "eval"),
+                                             {"__builtins__": {}, "dict": dict})  # literals and dict(...) only
+    paper = found.get("PAPER_DEFAULTS", {})
+    parse_config(found["CONFIG"], argv, description, types=paper_types(paper), comments=config_comments(script),
+                 none_means=paper_values(paper))
 
 
 def parse_config(defaults, argv, description="", types=None, comments=None, none_means=None):

@@ -12,11 +12,16 @@ Every value in CONFIG can be overridden as --name value (dashes for underscores)
 A run writes config.json, metrics.csv, checkpoint.pt, results.json and plots to
 its folder; --resume continues it from its last checkpoint.
 """
-import functools
-import math
 import sys
 
-import matplotlib
+import settings  # first: --help is answered before the imports below, which take seconds on a busy machine
+if __name__ == "__main__":
+    settings.answer_help(__file__, __doc__, sys.argv[1:])
+
+import functools  # noqa: E402
+import math  # noqa: E402
+
+import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
@@ -27,7 +32,6 @@ import lifecycle  # noqa: E402
 import meta_learning  # noqa: E402
 import models  # noqa: E402
 import reports  # noqa: E402
-import settings  # noqa: E402
 import signals  # noqa: E402
 import utils  # noqa: E402
 

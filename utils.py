@@ -1,12 +1,13 @@
 """Small helpers every script uses: the one-line error, where a run runs
-(device, threads), progress, and what to do as the process ends."""
+(device, threads), progress, and what to do as the process ends.
+
+torch and tqdm are imported in the functions that use them: settings.py, and so a
+script's --help, imports this module before anything imports torch (seconds on a
+busy machine)."""
 import atexit
 import os
 import sys
 import time
-
-import torch
-import tqdm
 
 
 def fail(message, code=2):
@@ -40,6 +41,7 @@ def use_threads(threads):
     process may use less the load average of the last minute, and at least one (on a
     busy machine a thread too many is many times slower; one too few, under 2x).
     Returns a line that says how many and why."""
+    import torch
     if threads < 0:
         fail(f"--threads must be 0 (one per free core) or positive, got {threads}")
     if threads:
@@ -54,6 +56,7 @@ def use_threads(threads):
 
 
 def pick_device(name):
+    import torch
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -65,6 +68,7 @@ def pick_device(name):
 
 def device_name(device, world_size):
     """The hardware a run trained on, for its results: GPU or CPU model, and processes."""
+    import torch
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, {world_size} process(es)"
     model = "CPU"
@@ -82,6 +86,7 @@ def progress(iterable, *, desc, total=None, initial=0, disable=False, transient=
     """A tqdm progress bar on a terminal. Where the output is not a terminal (a log
     file), a bar's redraws would fill it: then a plain line every PLAIN_PROGRESS_SECONDS
     and one at the end, and none at all for a transient bar (validation, test)."""
+    import tqdm
     if disable or sys.stderr.isatty():
         return tqdm.tqdm(iterable, desc=desc, total=total, initial=initial, disable=disable, leave=not transient,
                          dynamic_ncols=True)

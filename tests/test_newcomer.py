@@ -127,3 +127,28 @@ def test_help_never_breaks_a_flag_across_lines(columns):
     words = result.stdout.split()
     assert "--test-tasks" in words
     assert not [w for w in words if len(w) > 1 and w.endswith("-") and w.startswith("-")]  # a flag cut at a dash
+
+
+HELP_AS_A_COMMAND = """
+import contextlib, io, runpy, sys
+sys.argv = [{script!r}, "--help"]
+with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+    runpy.run_path({script!r}, run_name="__main__")
+print("torch imported" if "torch" in sys.modules else "torch not imported")
+print(out.getvalue(), end="")
+"""
+
+
+@pytest.mark.parametrize("script", [omniglot_maml, sinusoid_maml])
+def test_help_is_answered_before_torch_is_imported_and_says_what_main_says(script, capsys):
+    name = os.path.basename(script.__file__)
+    result = subprocess.run([sys.executable, "-c", HELP_AS_A_COMMAND.format(script=name)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    first, help_text = result.stdout.split("\n", 1)
+    assert first == "torch not imported", result.stderr
+    with pytest.raises(SystemExit):
+        script.main(["--help"])
+
+    def past_usage(text):  # the usage line names the program, which differs in-process
+        return " ".join(text.split("\n\n", 1)[1].split())
+    assert past_usage(help_text) == past_usage(capsys.readouterr().out)  # the text the script's own parser gives

@@ -512,9 +512,10 @@ def test_help_shows_each_flag_with_its_comment_and_default(script, capsys):
     if script is omniglot_maml:
         assert "taken as inner_lr x N on the mean cross-entropy" in out
         assert ("--meta-iterations INT meta-updates; a run may be continued to more (not Reptile's: annealed over "
-                "them) (default: the paper's: maml/fomaml 5-way 60,000, 20-way 60,000; reptile 5-way 100,000, "
+                "them) (default: the paper's: maml 5-way 60,000, 20-way 60,000; reptile 5-way 100,000, "
                 "20-way 200,000)") in out
-        assert "Meta-training (None: the paper's value for the algorithm and N-way, PAPER_DEFAULTS below): --meta-lr" in out
+        assert ("Meta-training (None: the paper's value for the N-way and the algorithm's family, maml for maml, "
+                "fomaml and anil, or reptile: PAPER_DEFAULTS below): --meta-lr") in out
     else:  # a section's comment heads its flags, glued to none of them
         assert ("Reptile: inner steps on all 2K points, then theta += eps * (phi - theta); tested as it trains: "
                 "--reptile-inner-optimizer STR adam (beta1 = 0, as the Reptile paper) | sgd (default: 'adam')") in out
