@@ -195,17 +195,15 @@ def launch(processes, script_and_args):
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, pass_on)
     first_failure = None  # (rank, exit code) of the first process seen to fail
-    while any(worker.poll() is None for worker in workers):
+    while None in (codes := [worker.poll() for worker in workers]):  # every process looked at, each time
         if first_failure is None and not received:
-            first_failure = next(((rank, w.returncode) for rank, w in enumerate(workers)
-                                  if w.returncode not in (None, 0)), None)
+            first_failure = next(((rank, code) for rank, code in enumerate(codes) if code not in (None, 0)), None)
             failed_at = time.monotonic()
         if first_failure is not None and time.monotonic() - failed_at > FAILURE_GRACE_SECONDS:
             for worker in workers:
                 if worker.poll() is None:
                     worker.kill()
         time.sleep(0.1)
-    codes = [worker.returncode for worker in workers]
     if received and all(code == 128 + received[0] for code in codes):
         return 128 + received[0]
     if first_failure is None:  # they ended within one look, or after a signal: the first in rank order

@@ -356,7 +356,8 @@ FAILS_IN_RANK_1 = """
 import os, sys, time
 if os.environ["RANK"] == "1":
     sys.exit(3)
-time.sleep(600)  # process 0 would run on: the launcher ends it
+time.sleep(60)  # process 0 runs on, then fails too: the launcher ends it before
+sys.exit(5)
 """
 
 
@@ -370,5 +371,5 @@ def test_the_launcher_reports_the_process_that_failed_first_in_time(tmp_path, mo
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    # Process 0, ended by the launcher afterwards (killed: 137), came first in rank order.
+    # Process 0, ended by the launcher half a second later (killed: 137), comes first in rank order.
     assert code == 3 and "error: process 1 of 2 failed first (exit code 3)" in capsys.readouterr().err
