@@ -13,7 +13,7 @@ A linear or conv bias right before batch norm is left out of our networks: the m
 subtraction cancels it exactly, so it would never learn anything.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +103,19 @@ CNN = ConvNet()
 # scale, epsilon 1e-3), whose offset is not among the weights the inner loop adapts.
 OFFICIAL_CNN = ConvNet(batch_norm_scale=False, inner_loop_batch_norm=False, conv_bias=True, init="official",
                        tf_same_padding=True, batch_norm_eps=1e-3)
+# The CNNs omniglot_maml.py offers by name (--model): ours, the official code's, and for the
+# ablation of docs/official_network.md the official network with one part as ours, or ours
+# with one part as the official network's.
+CONV_NETS = {
+    "cnn": CNN,
+    "official-cnn": OFFICIAL_CNN,
+    "maxpool": replace(CNN, max_pool=True),
+    "official-cnn+pytorch-init": replace(OFFICIAL_CNN, init="pytorch"),
+    "official-cnn+bn-scale": replace(OFFICIAL_CNN, batch_norm_scale=True),
+    "official-cnn+inner-loop-bn": replace(OFFICIAL_CNN, inner_loop_batch_norm=True),
+    "cnn+meta-only-bn": replace(CNN, inner_loop_batch_norm=False),
+    "cnn+official-init": replace(CNN, init="official"),
+}
 
 
 def init_cnn(n_classes, in_channels=1, filters=64, blocks=4, generator=None, dtype=torch.float32, net=CNN):

@@ -17,7 +17,6 @@ import settings  # first: --help is answered before the imports below, which tak
 if __name__ == "__main__":
     settings.answer_help(__file__, __doc__, sys.argv[1:])
 
-import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import math  # noqa: E402
 
@@ -97,20 +96,7 @@ PAPER_DEFAULTS = {
                           test_steps=50, reptile_inner_batch=20, reptile_eval_batch=10),
 }
 AUTO_TYPES = settings.paper_types(PAPER_DEFAULTS)  # the types of the settings whose default is None
-# The networks (docs/omniglot.md#the-networks): ours, the official code's, and for the
-# ablation of docs/official_network.md the official network with one part as ours,
-# or ours with one part as the official network's.
-MODELS = {
-    "cnn": models.CNN,
-    "official-cnn": models.OFFICIAL_CNN,
-    "maxpool": dataclasses.replace(models.CNN, max_pool=True),
-    "mlp": None,
-    "official-cnn+pytorch-init": dataclasses.replace(models.OFFICIAL_CNN, init="pytorch"),
-    "official-cnn+bn-scale": dataclasses.replace(models.OFFICIAL_CNN, batch_norm_scale=True),
-    "official-cnn+inner-loop-bn": dataclasses.replace(models.OFFICIAL_CNN, inner_loop_batch_norm=True),
-    "cnn+meta-only-bn": dataclasses.replace(models.CNN, inner_loop_batch_norm=False),
-    "cnn+official-init": dataclasses.replace(models.CNN, init="official"),
-}
+MODELS = {**models.CONV_NETS, "mlp": None}  # the networks: models.CONV_NETS, and the paper's "no conv" MLP
 REPORTED_STEPS = 10  # test accuracy is reported after 0..max(10, test_steps) steps
 VALIDATION_SEED, TEST_SEED = 1, 2  # the same validation and test tasks for every run
 CHUNK_TASKS = 50  # tasks adapted at once during validation and test (a step of their progress bar)
