@@ -187,10 +187,12 @@ def _whole_rows(path, fields):
 
 
 def _numbers(values):
+    """Whether every value that is not empty reads as a number."""
     try:
-        return all(float(v) is not None for v in values if v != "")
+        [float(v) for v in values if v != ""]
     except ValueError:
         return False
+    return True
 
 
 def read_metrics(path):
