@@ -13,8 +13,11 @@ batched over the tasks of a meta-batch with torch.func.vmap:
   evaluate_adaptation  query metric after 0..S adaptation steps, per task.
   maml_meta_gradient  the MAML meta-gradient accumulated into .grad, a group of
                  tasks at a time, batched or task by task.
-  ALGORITHMS     what the scripts call: maml, fomaml, anil and reptile as
-                 meta-updates with one signature, chosen by name.
+  ALGORITHMS     what the scripts call, chosen by name: each algorithm says how it
+                 meta-trains (meta_update) and how it predicts on a new task from its
+                 support set (predict): after 0..S gradient steps (maml, fomaml, anil,
+                 reptile, metasgd) or in one pass (protonet, cnp).
+  evaluate       an algorithm's query metric on new tasks, per task and step.
 
 maml_meta_loss_loop is the same MAML computation as a plain Python loop over
 tasks with torch.autograd.grad: the reference the tests hold the vmapped
@@ -24,12 +27,15 @@ version to, and the baseline of benchmark.py.
 scalar loss (mean over the batch), tensors of a meta-batch carry a leading task
 dimension.
 """
+import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch.func import grad, vmap
 
+import models
 import utils
 
 ADAM_BETA2 = 0.999
@@ -56,16 +62,19 @@ def adapt(forward, loss_fn, params, x, y, steps, lr, first_order=False,
     step sees the next mini-batch of the task's data. The inner gradients are
     part of the autograd graph (second-order MAML) unless first_order is set.
     adapted: which parameters adapt (a tuple of bools, inner_loop_mask); the others
-    stay as they are within the task. None: all of them.
+    stay as they are within the task. None: all of them. lr: a number, or for SGD a
+    list of tensors of the parameters' shapes, one step size per entry (Meta-SGD).
     """
     if adapted is not None and not all(adapted):
         def whole(free):  # the free parameters back among the fixed ones
             free = iter(free)
             return [next(free) if a else p for p, a in zip(params, adapted)]
+        free_lr = [r for r, a in zip(lr, adapted) if a] if isinstance(lr, list) else lr
         trajectory = adapt(lambda free, xb: forward(whole(free), xb), loss_fn,
-                           [p for p, a in zip(params, adapted) if a], x, y, steps, lr, first_order, optimizer,
+                           [p for p, a in zip(params, adapted) if a], x, y, steps, free_lr, first_order, optimizer,
                            batch_size)
         return [whole(free) for free in trajectory]
+    step_sizes = lr if isinstance(lr, list) else [lr] * len(params)
 
     def task_loss(p, xb, yb):
         return loss_fn(forward(p, xb), yb)
@@ -79,7 +88,7 @@ def adapt(forward, loss_fn, params, x, y, steps, lr, first_order=False,
         if first_order:
             grads = [g.detach() for g in grads]
         if optimizer == "sgd":
-            params = [p - lr * g for p, g in zip(params, grads)]
+            params = [p - r * g for p, r, g in zip(params, step_sizes, grads)]
         else:
             second_moment = [ADAM_BETA2 * v + (1 - ADAM_BETA2) * g * g
                              for v, g in zip(second_moment, grads)]
@@ -112,13 +121,14 @@ def maml_meta_loss_loop(forward, loss_fn, params, support, query, steps, lr, fir
     for the inner gradients. Same arguments and results."""
     losses, predictions = [], []
     free = [i for i in range(len(params)) if adapted is None or adapted[i]]
+    step_sizes = lr if isinstance(lr, list) else [lr] * len(params)
     for support_x, support_y, query_x, query_y in zip(*support, *query):
         task_params = list(params)
         for _ in range(steps):
             loss = loss_fn(forward(task_params, support_x), support_y)
             grads = torch.autograd.grad(loss, [task_params[i] for i in free], create_graph=not first_order)
             for i, g in zip(free, grads):
-                task_params[i] = task_params[i] - lr * g
+                task_params[i] = task_params[i] - step_sizes[i] * g
         prediction = forward(task_params, query_x)
         losses.append(loss_fn(prediction, query_y))
         predictions.append(prediction)
@@ -208,18 +218,22 @@ def reptile_meta_step(forward, loss_fn, params, tasks, steps, lr, meta_step_size
         return vmap(loss_fn)(predictions, tasks[1]).sum() / n_tasks, predictions
 
 
-def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, steps, lr,
-                        optimizer="sgd", batch_size=None, adapted=None, chunk_size=None, progress=None):
-    """Adapt to each task's support set and measure metric_fn(prediction, y) on
-    its query set after 0, 1, ..., steps steps. Returns a (tasks, steps + 1) tensor.
+def adapted_predictions(forward, loss_fn, params, support_x, support_y, query_x, steps, lr, optimizer="sgd",
+                        batch_size=None, adapted=None):
+    """One task's predictions on query_x after 0, 1, ..., steps adaptation steps on its
+    support set (adapt's arguments; first order: nothing is meta-learned here)."""
+    trajectory = adapt(forward, loss_fn, params, support_x, support_y, steps, lr, first_order=True,
+                       optimizer=optimizer, batch_size=batch_size, adapted=adapted)
+    return [forward(p, query_x) for p in trajectory]
+
+
+def evaluate_predictions(predict, metric_fn, support, query, chunk_size=None, progress=None):
+    """metric_fn(prediction, y) on each task's query set of each prediction that
+    predict(support_x, support_y, query_x) makes for it: a (tasks, predictions) tensor.
     chunk_size bounds how many tasks are in memory at once; with progress (a
     description), a progress bar advances chunk by chunk."""
-    detached = [p.detach() for p in params]
-
     def one_task(support_x, support_y, query_x, query_y):
-        trajectory = adapt(forward, loss_fn, detached, support_x, support_y, steps, lr, first_order=True,
-                           optimizer=optimizer, batch_size=batch_size, adapted=adapted)
-        return torch.stack([metric_fn(forward(p, query_x), query_y) for p in trajectory])
+        return torch.stack([metric_fn(p, query_y) for p in predict(support_x, support_y, query_x)])
 
     n_tasks = support[0].shape[0]
     chunk = chunk_size or n_tasks
@@ -227,6 +241,28 @@ def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, ste
         return torch.cat([vmap(one_task)(*[t[first:first + chunk] for t in (*support, *query)])
                           for first in utils.progress(range(0, n_tasks, chunk), desc=progress, transient=True,
                                                       disable=progress is None)])
+
+
+def evaluate_adaptation(forward, loss_fn, metric_fn, params, support, query, steps, lr, optimizer="sgd",
+                        batch_size=None, adapted=None, chunk_size=None, progress=None):
+    """Adapt to each task's support set (as adapt does) and measure metric_fn(prediction, y)
+    on its query set after 0, 1, ..., steps steps: a (tasks, steps + 1) tensor."""
+    detached = [p.detach() for p in params]
+    return evaluate_predictions(
+        lambda *task: adapted_predictions(forward, loss_fn, detached, *task, steps, lr, optimizer, batch_size, adapted),
+        metric_fn, support, query, chunk_size, progress)
+
+
+def evaluate(algorithm, learner, metric_fn, params, support, query, steps, chunk_size=None, progress=None,
+             **adaptation):
+    """The algorithm's metric_fn(prediction, y) on new tasks' query sets, from their
+    support sets: a (tasks, steps + 1) tensor for an algorithm that adapts with gradient
+    steps (adaptation: how, as adapt takes it), a (tasks, 1) tensor for one that predicts
+    in one pass."""
+    detached = [p.detach() for p in params]
+    return evaluate_predictions(
+        lambda *task: algorithm.predict(learner, detached, *task, steps, **adaptation),
+        metric_fn, support, query, chunk_size, progress)
 
 
 def inner_loop_mask(n_params, network_mask=None, head_only=False):
@@ -237,16 +273,16 @@ def inner_loop_mask(n_params, network_mask=None, head_only=False):
     return network_mask
 
 
-# ---- Algorithms: one meta-update each, one signature, chosen by name -----------------
+# ---- Algorithms: how each meta-trains and predicts, one signature, chosen by name -------
 @dataclass
 class Learner:
-    """What a meta-update needs besides the parameters, the optimizer and the tasks."""
+    """What an algorithm needs besides the parameters, the optimizer and the tasks."""
     forward: Callable  # forward(params, x), a network of models.py
     loss_fn: Callable  # loss_fn(prediction, y), a scalar
-    inner_steps: int  # adaptation steps per task in meta-training
-    inner_lr: float  # their step size
     meta_batch_size: int  # tasks of the whole meta-batch (a process may hold a share of them)
     meta_iterations: int  # of the run (Reptile anneals its meta step over them)
+    inner_steps: Optional[int] = None  # adaptation steps per task in meta-training (those that adapt)
+    inner_lr: Optional[float] = None  # their step size
     sum_across: Callable = list  # sums a list of tensors over processes (distributed.sum_across)
     tasks_per_call: Optional[int] = None  # MAML's groups of tasks (task_grouping)
     batched: bool = True
@@ -254,28 +290,53 @@ class Learner:
     inner_batch: Optional[int] = None  # reptile: examples per inner step (None: all of the task's)
     meta_step: float = 1.0  # reptile: the outer step size at the start, annealed linearly to 0
     adapted: Optional[tuple] = None  # the parameters the inner loop adapts (inner_loop_mask; None: all)
+    features: Optional[Callable] = None  # features(body, x): the network without its output layer (protonet, cnp)
+    n_classes: Optional[int] = None  # classes of a test task (None: regression)
+    train_classes: Optional[int] = None  # classes of a meta-training task, if not n_classes (protonet)
+    meta_lr: float = 1e-3  # the optimizer's step size at the start
+    meta_lr_halving: int = 0  # iterations between halvings of it (0: never)
 
     def sum_gradients(self, params):
         """Each .grad summed over processes (each holds its tasks' share of the mean)."""
         for p, total in zip(params, self.sum_across([p.grad for p in params])):
             p.grad = total
 
+    def step(self, params, optimizer, iteration):
+        """The optimizer's step on the gradients summed over processes, at this iteration's step size."""
+        self.sum_gradients(params)
+        if self.meta_lr_halving:
+            for group in optimizer.param_groups:
+                group["lr"] = self.meta_lr * 0.5 ** (iteration // self.meta_lr_halving)
+        optimizer.step()
+
 
 # A meta-update: meta_update(learner, params, optimizer, support, query, iteration) updates
 # params (through optimizer or in place) from a meta-batch of tasks, support and query as
 # (x, y) with a leading task dimension, this process's share of them. It returns this share
 # of the mean loss, and predictions with their targets, for a training accuracy.
-def maml(learner, params, optimizer, support, query, iteration, first_order=False, adapted=None):
+# A prediction: predict(learner, params, support_x, support_y, query_x, steps, **adaptation)
+# returns one task's query predictions after 0..steps gradient steps on its support set, or
+# the one prediction of an algorithm that predicts in one pass, as a list.
+def maml(learner, params, optimizer, support, query, iteration, first_order=False, adapted=None, lr=None):
     """MAML (Finn et al. 2017): one Adam step on the meta-gradient of the query loss after adaptation.
-    adapted: the parameters the inner loop adapts, if not the learner's."""
+    adapted: the parameters the inner loop adapts, if not the learner's; lr: its step
+    size, if not the learner's (a number, or a tensor per parameter); params also holds
+    those tensors when they are meta-learned."""
     optimizer.zero_grad()
+    network = params[:len(lr)] if isinstance(lr, list) else params
     loss, predictions = maml_meta_gradient(
-        learner.forward, learner.loss_fn, params, support, query, learner.inner_steps, learner.inner_lr,
+        learner.forward, learner.loss_fn, network, support, query, learner.inner_steps,
+        learner.inner_lr if lr is None else lr,
         first_order=first_order, tasks_per_call=learner.tasks_per_call, batched=learner.batched,
         meta_batch_size=learner.meta_batch_size, adapted=learner.adapted if adapted is None else adapted)
-    learner.sum_gradients(params)
-    optimizer.step()
+    learner.step(params, optimizer, iteration)
     return loss, predictions, query[1]
+
+
+def gradient_steps(learner, params, support_x, support_y, query_x, steps, **adaptation):
+    """The prediction of MAML and its kin: after 0..steps steps on the support set."""
+    return adapted_predictions(learner.forward, learner.loss_fn, params, support_x, support_y, query_x, steps,
+                               **adaptation)
 
 
 def fomaml(learner, params, optimizer, support, query, iteration):
@@ -302,8 +363,132 @@ def reptile(learner, params, optimizer, support, query, iteration):
     return loss, predictions, tasks[1]
 
 
+# Meta-SGD (Li et al. 2017): params is the network's parameters, then as many tensors of
+# the same shapes, one inner step size per entry, meta-learned with them by MAML's
+# second-order meta-gradient. They start at the learner's inner_lr: Meta-SGD starts as MAML.
+def metasgd_parameters(learner, network, generator):
+    return network + [torch.full_like(p, learner.inner_lr).detach().requires_grad_() for p in network]
+
+
+def metasgd(learner, params, optimizer, support, query, iteration):
+    """Meta-SGD: MAML whose inner step sizes are meta-learned, one per parameter entry."""
+    return maml(learner, params, optimizer, support, query, iteration, lr=params[len(params) // 2:])
+
+
+def metasgd_steps(learner, params, support_x, support_y, query_x, steps, lr=None, **adaptation):
+    """Meta-SGD's prediction: gradient steps with its learned step sizes (not lr)."""
+    half = len(params) // 2
+    return gradient_steps(learner, params[:half], support_x, support_y, query_x, steps, lr=params[half:],
+                          **adaptation)
+
+
+def _one_pass_update(task_output, task_loss):
+    """The meta-update of an algorithm that predicts a task's query set in one pass:
+    an optimizer step on the mean query loss over the meta-batch, its tasks vmapped."""
+    def meta_update(learner, params, optimizer, support, query, iteration):
+        def one_task(p, support_x, support_y, query_x, query_y):
+            output = task_output(learner, p, support_x, support_y, query_x, learner.train_classes or learner.n_classes)
+            return task_loss(learner, output, query_y), output
+
+        optimizer.zero_grad()
+        losses, outputs = vmap(one_task, in_dims=(None, 0, 0, 0, 0))(params, *support, *query)
+        loss = losses.sum() / learner.meta_batch_size
+        loss.backward()
+        learner.step(params, optimizer, iteration)
+        return loss.detach(), outputs.detach(), query[1]
+    return meta_update
+
+
+def _task_features(learner, body, support_x, query_x):
+    """The support and query examples' features, from one pass of the network's body
+    over both (its batch norm sees the task's images together, as MAML's sees a set)."""
+    features = learner.features(body, torch.cat([support_x, query_x]))
+    return features[:len(support_x)], features[len(support_x):]
+
+
+def class_members(labels, n_classes):
+    """(n_classes, examples): 1 where the example is of the class, else 0."""
+    return (labels == torch.arange(n_classes, device=labels.device)[:, None]).to(torch.get_default_dtype())
+
+
+# Prototypical Networks (Snell et al. 2017): the network without its output layer embeds
+# the images; a class's prototype is the mean embedding of its support images, and a
+# query's logits are minus its squared Euclidean distances to the prototypes.
+def prototype_logits(support_features, support_y, query_features, n_classes):
+    members = class_members(support_y, n_classes).to(support_features.dtype)
+    prototypes = members @ support_features / members.sum(dim=1, keepdim=True)
+    return -(query_features[:, None, :] - prototypes[None]).pow(2).sum(dim=-1)
+
+
+def protonet_parameters(learner, network, generator):
+    return network[:-HEAD]
+
+
+def protonet_logits(learner, body, support_x, support_y, query_x, n_classes):
+    support_features, query_features = _task_features(learner, body, support_x, query_x)
+    return prototype_logits(support_features, support_y, query_features, n_classes)
+
+
+def classification_loss(learner, logits, y):
+    return learner.loss_fn(logits, y)
+
+
+def predicted_once(task_output, point=lambda learner, output: output):
+    """The predict of an algorithm that predicts in one pass: [its point prediction]."""
+    def predict(learner, params, support_x, support_y, query_x, steps, **adaptation):
+        return [point(learner, task_output(learner, params, support_x, support_y, query_x, learner.n_classes))]
+    return predict
+
+
+# A Conditional Neural Process (Garnelo et al. 2018; models.cnp) on the features of the
+# network without its output layer. Classification: the support examples are grouped by
+# class, and the decoder scores each class from a query's features and the class's mean
+# encoding: the logits. Regression: one group of the whole support set, y enters the
+# encoder, and the decoder outputs a Gaussian's mean and standard deviation, trained by
+# their negative log-likelihood.
+CNP_PARAMS = 4 * models.CNP_LAYERS  # its encoder's and decoder's weights and biases
+CNP_MIN_STD = 0.1  # the floor of its predicted standard deviation (as the CNP paper's code)
+
+
+def cnp_parameters(learner, network, generator):
+    y_size, n_outputs = (0, 1) if learner.n_classes else (1, 2)
+    return network[:-HEAD] + [p.to(network[0].device).requires_grad_() for p in models.init_cnp(
+        network[-HEAD].shape[1], y_size, n_outputs, generator=generator, dtype=network[0].dtype)]
+
+
+def cnp_output(learner, params, support_x, support_y, query_x, n_classes):
+    """Logits (query, classes), or the Gaussian's mean and raw std (query, 2)."""
+    body, head = params[:-CNP_PARAMS], params[-CNP_PARAMS:]
+    support_features, query_features = _task_features(learner, body, support_x, query_x)
+    if n_classes:
+        groups = class_members(support_y, n_classes).to(support_features.dtype)
+        return models.cnp(head, support_features, support_features[:, :0], query_features, groups)[..., 0]
+    return models.cnp(head, support_features, support_y, query_features)[:, 0]
+
+
+def cnp_loss(learner, output, y):
+    if learner.n_classes:
+        return learner.loss_fn(output, y)
+    mean, std = output[..., :1], CNP_MIN_STD + (1 - CNP_MIN_STD) * F.softplus(output[..., 1:])
+    return (std.log() + 0.5 * ((y - mean) / std).pow(2)).mean() + 0.5 * math.log(2 * math.pi)
+
+
+def cnp_point(learner, output):
+    """Logits, or the predicted mean."""
+    return output if learner.n_classes else output[..., :1]
+
+
+def the_network(learner, network, generator):
+    return network
+
+
 class Algorithm(NamedTuple):
     meta_update: Callable
+    predict: Callable = gradient_steps
+    parameters: Callable = the_network  # parameters(learner, network, generator): its meta-parameters
+    steps: bool = True  # predicts after gradient steps (else in one pass from the support set)
+    regression: bool = True  # applies to regression tasks as well as classification
+    any_way: bool = False  # may meta-train on tasks of more classes than it is tested on
     head_only: bool = False  # adapts only the final layer, in meta-training and at test
     anneals: bool = False  # its steps follow a schedule over meta_iterations, which a resume may not change
 
@@ -313,6 +498,11 @@ ALGORITHMS = {
     "fomaml": Algorithm(fomaml),
     "anil": Algorithm(anil, head_only=True),
     "reptile": Algorithm(reptile, anneals=True),
+    "metasgd": Algorithm(metasgd, metasgd_steps, metasgd_parameters),
+    "protonet": Algorithm(_one_pass_update(protonet_logits, classification_loss), predicted_once(protonet_logits),
+                          protonet_parameters, steps=False, regression=False, any_way=True),
+    "cnp": Algorithm(_one_pass_update(cnp_output, cnp_loss), predicted_once(cnp_output, cnp_point),
+                     cnp_parameters, steps=False),
 }
 
 

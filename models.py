@@ -61,18 +61,23 @@ def init_mlp(sizes, batch_norm=False, generator=None, dtype=torch.float32):
     return params
 
 
-def mlp(params, x, batch_norm=False):
-    """Forward pass of init_mlp's network on x of shape (batch, in_features)."""
+def mlp_features(body, x, batch_norm=False):
+    """init_mlp's network without its output layer (body: its other parameters): the
+    last hidden layer's activations for x of shape (batch, in_features)."""
     per_hidden = 3 if batch_norm else 2
-    n_hidden = (len(params) - 2) // per_hidden
-    for i in range(n_hidden):
-        layer = params[i * per_hidden:(i + 1) * per_hidden]
+    for i in range(len(body) // per_hidden):
+        layer = body[i * per_hidden:(i + 1) * per_hidden]
         if batch_norm:
             x = batch_normalize(F.linear(x, layer[0]), layer[1], layer[2], dims=(0,))
         else:
             x = F.linear(x, layer[0], layer[1])
         x = torch.relu(x)
-    return F.linear(x, params[-2], params[-1])
+    return x
+
+
+def mlp(params, x, batch_norm=False):
+    """Forward pass of init_mlp's network on x of shape (batch, in_features)."""
+    return F.linear(mlp_features(params[:-2], x, batch_norm), params[-2], params[-1])
 
 
 @dataclass(frozen=True)
@@ -156,17 +161,18 @@ def tf_same_pad(x, stride, kernel=3):
     return F.pad(x, pads)
 
 
-def cnn(params, x, net=CNN):
-    """Forward pass of init_cnn's network on images x of shape (batch, channels, H, W).
+def cnn_features(body, x, net=CNN):
+    """init_cnn's network without its output layer (body: its other parameters): the
+    embedding of images x of shape (batch, channels, H, W), one vector per image.
 
     Each block halves the resolution: a stride-2 convolution (the paper's
     Omniglot network) or, with net.max_pool, a stride-1 convolution then 2x2 max-pool.
-    The last feature map is averaged over space before the linear classifier.
+    The last feature map is averaged over space.
     """
     per_block = net.per_block()
     stride = 1 if net.max_pool else 2
-    for i in range((len(params) - 2) // per_block):
-        block = params[per_block * i:per_block * (i + 1)]
+    for i in range(len(body) // per_block):
+        block = body[per_block * i:per_block * (i + 1)]
         weight, bias, beta = block[0], block[1] if net.conv_bias else None, block[-1]
         gamma = block[-2] if net.batch_norm_scale else None
         if net.tf_same_padding:
@@ -176,4 +182,41 @@ def cnn(params, x, net=CNN):
         x = torch.relu(batch_normalize(x, gamma, beta, dims=(0, 2, 3), eps=net.batch_norm_eps))
         if net.max_pool:
             x = F.max_pool2d(x, 2)
-    return F.linear(x.mean(dim=(2, 3)), params[-2], params[-1])
+    return x.mean(dim=(2, 3))
+
+
+def cnn(params, x, net=CNN):
+    """Forward pass of init_cnn's network: cnn_features, then the linear classifier."""
+    return F.linear(cnn_features(params[:-2], x, net), params[-2], params[-1])
+
+
+# ---- A Conditional Neural Process (Garnelo et al. 2018) --------------------------------
+CNP_LAYERS = 3  # linear layers of its encoder, and of its decoder
+
+
+def init_cnp(n_features, y_size, n_outputs, hidden=128, generator=None, dtype=torch.float32):
+    """Parameters of cnp: the encoder's MLP [n_features + y_size, hidden x CNP_LAYERS], then
+    the decoder's [n_features + hidden, hidden x (CNP_LAYERS - 1), n_outputs]."""
+    encoder = init_mlp([n_features + y_size] + [hidden] * CNP_LAYERS, generator=generator, dtype=dtype)
+    decoder = init_mlp([n_features + hidden] + [hidden] * (CNP_LAYERS - 1) + [n_outputs], generator=generator,
+                       dtype=dtype)
+    return encoder + decoder
+
+
+def cnp(params, support_features, support_y, query_features, groups=None):
+    """A Conditional Neural Process reads a task's support set and predicts its query set
+    in one pass, without gradient steps. The encoder maps each support example (its
+    features, and its y as a vector) to a representation; their mean over each group r_g
+    summarises the group, so the order of the support set does not matter; the decoder
+    maps (features of a query x, r_g) to an output for each group.
+    Shapes: support_features (S, F), support_y (S, Y), query_features (Q, F); groups (G, S),
+    1 where the support example is in the group, else 0 (None: one group of all of them).
+    Returns (Q, G, outputs)."""
+    encoder, decoder = params[:2 * CNP_LAYERS], params[2 * CNP_LAYERS:]
+    encoded = mlp(encoder, torch.cat([support_features, support_y], dim=-1))
+    if groups is None:
+        groups = torch.ones(1, len(encoded), dtype=encoded.dtype, device=encoded.device)
+    r = groups @ encoded / groups.sum(dim=1, keepdim=True)
+    n_query, n_groups = len(query_features), len(r)
+    return mlp(decoder, torch.cat([query_features[:, None].expand(-1, n_groups, -1),
+                                   r[None].expand(n_query, -1, -1)], dim=-1))

@@ -1,5 +1,6 @@
 """Omniglot N-way K-shot classification with MAML (Finn et al. 2017, section 5.2,
-Table 1, appendix A.1), first-order MAML, ANIL and Reptile (docs/algorithms.md).
+Table 1, appendix A.1), first-order MAML, ANIL, Reptile, Meta-SGD, Prototypical
+Networks and a Conditional Neural Process (docs/algorithms.md).
 
     python omniglot_maml.py                          # 5-way 1-shot, the paper's setting
     python omniglot_maml.py --n-way 20 --k-shot 5    # any of Table 1's four configurations
@@ -38,8 +39,9 @@ import utils  # noqa: E402
 
 CONFIG = dict(
     # The experiment
-    algorithm="maml",           # maml (second order) | fomaml (first order) | anil (MAML, only the
-                                # final layer adapts) | reptile
+    algorithm="maml",           # maml (second order) | fomaml (first order) | anil (MAML, only the final
+                                # layer adapts) | reptile | metasgd (MAML with learned inner step sizes) |
+                                # protonet (distances to class prototypes) | cnp (a network reads the support set)
     n_way=5,                    # classes per task (N)
     k_shot=1,                   # support images per class; the query set has as many (official code)
     split="background",         # background: meta-train on images_background (minus 5 validation
@@ -48,15 +50,19 @@ CONFIG = dict(
                                 # (as the paper's code builds it) | maxpool | mlp (256-128-64-64, "no conv");
                                 # and the variants between cnn and official-cnn of the first-order ablation
     rotate_test_classes=False,  # rotations as new classes for validation/test too (the official code does)
-    # Meta-training (None: the paper's value for the N-way and the algorithm's family, maml for
-    # maml, fomaml and anil, or reptile: PAPER_DEFAULTS below)
-    meta_lr=1e-3,               # Adam, outer loop of maml/fomaml
+    # Meta-training (None: the paper's value for the N-way and the algorithm, PAPER_DEFAULTS below;
+    # fomaml and anil take maml's)
+    meta_lr=1e-3,               # Adam, outer loop (all but reptile)
+    meta_lr_halving=None,       # meta-iterations between halvings of meta_lr (0: constant)
     meta_iterations=None,       # meta-updates; a run may be continued to more (not Reptile's: annealed over them)
     meta_batch_size=None,       # tasks per meta-update
     inner_lr=None,              # maml/fomaml: the paper's SGD step, taken as inner_lr x N on the mean
                                 # cross-entropy (the paper's code sums over the N classes); reptile: Adam step
     inner_steps=None,           # adaptation steps in meta-training
-    test_steps=None,            # adaptation steps of the headline test accuracy
+    test_steps=None,            # adaptation steps of the headline test accuracy (0 for protonet and cnp,
+                                # which predict in one pass, without gradient steps)
+    train_way=None,             # classes per meta-training task (None: N; protonet may train on more than N)
+    train_queries=None,         # query images per class of a meta-training task (None: K)
     # Reptile
     reptile_train_shots=10,     # images per class of a Reptile meta-training task
     reptile_inner_batch=None,   # images per Reptile inner step in meta-training
@@ -86,14 +92,29 @@ CONFIG = dict(
 # classes of the mean cross-entropy over shots, i.e. N x the mean cross-entropy;
 # we use the mean, so the inner SGD step is inner_lr x N. Reptile (Nichol et al.,
 # their public Omniglot command lines): Adam with beta1 = 0 in the inner loop.
+# Meta-SGD (Li et al. 2017): one inner step in training and at test, MAML's other
+# settings; its learned step sizes start at inner_lr x N. Prototypical Networks (Snell
+# et al. 2017, section 3.1): 60-way training episodes of 5 queries per class, Adam 1e-3
+# halved every 2,000 episodes (the paper stops on validation; 20,000 episodes are ours).
+# CNP: MAML's meta-batch and budget (the CNP paper gives no Omniglot training settings).
 # N-ways other than 5 and 20 take the 5-way values below 20, the 20-way ones above.
+MAML_5, MAML_20 = (dict(meta_iterations=60_000, meta_batch_size=32, inner_lr=0.4, inner_steps=1, test_steps=3),
+                   dict(meta_iterations=60_000, meta_batch_size=16, inner_lr=0.1, inner_steps=5, test_steps=5))
+PROTONET = dict(meta_iterations=20_000, meta_batch_size=1, test_steps=0, train_way=60, train_queries=5,
+                meta_lr_halving=2000)
 PAPER_DEFAULTS = {
-    ("maml", 5): dict(meta_iterations=60_000, meta_batch_size=32, inner_lr=0.4, inner_steps=1, test_steps=3),
-    ("maml", 20): dict(meta_iterations=60_000, meta_batch_size=16, inner_lr=0.1, inner_steps=5, test_steps=5),
+    ("maml", 5): dict(MAML_5, meta_lr_halving=0),
+    ("maml", 20): dict(MAML_20, meta_lr_halving=0),
     ("reptile", 5): dict(meta_iterations=100_000, meta_batch_size=5, inner_lr=1e-3, inner_steps=5,
                          test_steps=50, reptile_inner_batch=10, reptile_eval_batch=5),
     ("reptile", 20): dict(meta_iterations=200_000, meta_batch_size=5, inner_lr=5e-4, inner_steps=10,
                           test_steps=50, reptile_inner_batch=20, reptile_eval_batch=10),
+    ("metasgd", 5): dict(MAML_5, test_steps=1, meta_lr_halving=0),
+    ("metasgd", 20): dict(MAML_20, inner_steps=1, test_steps=1, meta_lr_halving=0),
+    ("protonet", 5): PROTONET,
+    ("protonet", 20): PROTONET,
+    ("cnp", 5): dict(meta_iterations=60_000, meta_batch_size=32, test_steps=0, meta_lr_halving=0),
+    ("cnp", 20): dict(meta_iterations=60_000, meta_batch_size=16, test_steps=0, meta_lr_halving=0),
 }
 AUTO_TYPES = settings.paper_types(PAPER_DEFAULTS)  # the types of the settings whose default is None
 MODELS = {**models.CONV_NETS, "mlp": None}  # the networks: models.CONV_NETS, and the paper's "no conv" MLP
@@ -103,28 +124,45 @@ CHUNK_TASKS = 50  # tasks adapted at once during validation and test (a step of 
 TEST_ONLY_KEYS = ("rotate_test_classes", "test_tasks", "test_steps")  # --eval-only may change these
 
 
+STEP_KEYS = ("inner_lr", "inner_steps", "test_steps")  # settings of the algorithms that adapt by gradient steps
+
+
 def resolve_paper_defaults(cfg):
-    """Fill the None values with the paper's; keys of the other algorithm family stay None."""
-    family = "reptile" if cfg.algorithm == "reptile" else "maml"
-    paper = PAPER_DEFAULTS[(family, 5 if cfg.n_way < 20 else 20)]
+    """Fill the None values with the paper's (fomaml, anil and an algorithm without values
+    of its own take maml's); keys the algorithm has no use for stay None."""
+    n_way = 5 if cfg.n_way < 20 else 20
+    paper = PAPER_DEFAULTS.get((cfg.algorithm, n_way), PAPER_DEFAULTS[("maml", n_way)])
     for key, value in paper.items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
+    cfg.train_way = cfg.train_way or cfg.n_way
+    cfg.train_queries = cfg.train_queries or cfg.k_shot
 
 
-def validate(cfg):
+def validate(cfg, given):
     settings.check_settings(
         cfg, choices=dict(algorithm=tuple(meta_learning.ALGORITHMS), split=omniglot_data.SPLITS, model=tuple(MODELS)),
-        at_least=dict(n_way=2, **{key: 1 for key in (
-            "k_shot", "meta_iterations", "meta_batch_size", "inner_steps", "test_steps", "reptile_train_shots",
+        at_least=dict(n_way=2, train_way=2, **{key: 1 for key in (
+            "k_shot", "train_queries", "meta_iterations", "meta_batch_size", "inner_steps", "reptile_train_shots",
             "reptile_inner_batch", "reptile_eval_batch", "log_every", "validate_every", "validation_tasks")},
                       test_tasks=2),  # 2 tasks at least for a confidence interval
-        positive=("meta_lr", "inner_lr", "reptile_meta_step"),
-        zero_is_off=dict(train_minutes="no limit", test_every="only the final test"))
+        positive=("meta_lr", "reptile_meta_step"),
+        zero_is_off=dict(train_minutes="no limit", test_every="only the final test", meta_lr_halving="constant"))
+    algorithm = meta_learning.ALGORITHMS[cfg.algorithm]
+    if not algorithm.steps:
+        for key in STEP_KEYS:
+            if key in given:
+                utils.fail(f"--{key.replace('_', '-')} does not apply to {cfg.algorithm}, which predicts in one "
+                           f"pass from the support set, without gradient steps")
+    else:
+        settings.check_settings(cfg, at_least=dict(test_steps=1), positive=("inner_lr",))
+    if cfg.train_way != cfg.n_way and not algorithm.any_way:
+        utils.fail(f"--train-way {cfg.train_way} differs from --n-way {cfg.n_way}: {cfg.algorithm}'s network has "
+                   f"one output per class, so it trains on tasks of N classes")
     drawers = omniglot_data.DRAWERS
-    if 2 * cfg.k_shot > drawers:
-        utils.fail(f"--k-shot {cfg.k_shot} with as many query images needs {2 * cfg.k_shot} drawers; "
-                   f"each character has {drawers}")
+    if cfg.k_shot + max(cfg.k_shot, cfg.train_queries) > drawers:
+        utils.fail(f"--k-shot {cfg.k_shot} with {max(cfg.k_shot, cfg.train_queries)} query images per class needs "
+                   f"{cfg.k_shot + max(cfg.k_shot, cfg.train_queries)} drawers; each character has {drawers}")
     if cfg.algorithm == "reptile" and MODELS[cfg.model] and not MODELS[cfg.model].inner_loop_batch_norm:
         utils.fail(f"--model {cfg.model} keeps batch norm out of the inner loop, and Reptile learns only "
                    f"what its inner loop adapts: choose another --model for reptile")
@@ -139,19 +177,24 @@ def accuracy(logits, labels):
 
 
 def build_network(model, n_way, generator, device):
-    """Initial parameters, forward function and inner-loop mask (the parameters its
-    inner loop adapts; None: all) of the chosen network."""
+    """Initial parameters, forward function, features function (the network without its
+    output layer) and inner-loop mask (the parameters its inner loop adapts; None: all)
+    of the chosen network."""
     net = MODELS[model]
     if net is None:
         params = models.init_mlp([28 * 28, 256, 128, 64, 64, n_way], batch_norm=True, generator=generator)
 
         def forward(p, x):
             return models.mlp(p, x.flatten(1), batch_norm=True)
+
+        def features(body, x):
+            return models.mlp_features(body, x.flatten(1), batch_norm=True)
         mask = None
     else:
         params = models.init_cnn(n_way, generator=generator, net=net)
-        forward, mask = functools.partial(models.cnn, net=net), net.inner_loop_mask(len(params))
-    return [p.to(device).requires_grad_() for p in params], forward, mask
+        forward, features = functools.partial(models.cnn, net=net), functools.partial(models.cnn_features, net=net)
+        mask = net.inner_loop_mask(len(params))
+    return [p.to(device).requires_grad_() for p in params], forward, features, mask
 
 
 def task_samplers(cfg, run):
@@ -168,9 +211,9 @@ def task_samplers(cfg, run):
         "test": omniglot_data.TaskSampler(images[test_chars], cfg.rotate_test_classes, run.device),
     }
     for part, sampler in samplers.items():
-        if cfg.n_way > sampler.n_classes:
-            utils.fail(f"--n-way {cfg.n_way} exceeds the {sampler.n_classes} classes of the "
-                       f"{cfg.split} split's {part} set")
+        n_way, flag = (cfg.train_way, "--train-way") if part == "train" else (cfg.n_way, "--n-way")
+        if n_way > sampler.n_classes:
+            utils.fail(f"{flag} {n_way} exceeds the {sampler.n_classes} classes of the {cfg.split} split's {part} set")
     return samplers
 
 
@@ -180,7 +223,7 @@ def main(argv=None):
                                        comments=settings.config_comments(__file__),
                                        none_means=settings.paper_values(PAPER_DEFAULTS))
     resolve_paper_defaults(cfg)
-    validate(cfg)
+    validate(cfg, given)
     run = lifecycle.Run("omniglot", __file__, argv, cfg, given, CONFIG, device=utils.pick_device(cfg.device),
                         threads=cfg.threads,
                         folder=f"{cfg.algorithm}-{cfg.split}-{cfg.n_way}w{cfg.k_shot}s-seed{cfg.seed}",
@@ -196,37 +239,41 @@ def main(argv=None):
     run.start(f"device {device}, {run.world_size} process(es); classes: "
               + ", ".join(f"{p} {s.n_classes}" for p, s in samplers.items()))
 
-    # ---- model --------------------------------------------------------------
-    params, forward, network_mask = build_network(cfg.model, cfg.n_way, torch.Generator().manual_seed(cfg.seed), device)
+    # ---- the algorithm, chosen once, and its meta-parameters -----------------
+    algorithm = meta_learning.ALGORITHMS[cfg.algorithm]
+    init_generator = torch.Generator().manual_seed(cfg.seed)
+    network, forward, features, network_mask = build_network(cfg.model, cfg.n_way, init_generator, device)
+    adapted = meta_learning.inner_loop_mask(len(network), network_mask, algorithm.head_only)
+    train_tasks = (cfg.train_way, cfg.k_shot, cfg.train_queries)  # classes, support and query images per class
+    if cfg.algorithm == "reptile":
+        train_tasks = (cfg.n_way, cfg.reptile_train_shots, 0)
+        inner = dict(inner_lr=cfg.inner_lr, inner_optimizer="adam", inner_batch=cfg.reptile_inner_batch)
+        adaptation = dict(lr=cfg.inner_lr, optimizer="adam", batch_size=cfg.reptile_eval_batch)  # at test
+    elif algorithm.steps:
+        inner = dict(inner_lr=cfg.inner_lr * cfg.n_way, adapted=adapted)
+        adaptation = dict(lr=cfg.inner_lr * cfg.n_way, optimizer="sgd", adapted=adapted)
+    else:  # one pass from the support set: no inner loop
+        inner, adaptation = {}, {}
+    learner = meta_learning.Learner(
+        forward, F.cross_entropy, inner_steps=cfg.inner_steps, meta_batch_size=cfg.meta_batch_size,
+        meta_iterations=cfg.meta_iterations, meta_step=cfg.reptile_meta_step, features=features,
+        n_classes=cfg.n_way, train_classes=cfg.train_way, meta_lr=cfg.meta_lr, meta_lr_halving=cfg.meta_lr_halving,
+        sum_across=functools.partial(distributed.sum_across, world_size=run.world_size),
+        **meta_learning.task_grouping(device, cfg.meta_batch_size, 2 * cfg.n_way * cfg.k_shot), **inner)
+    params = algorithm.parameters(learner, network, init_generator)
     optimizer = torch.optim.Adam(params, lr=cfg.meta_lr)
     task_generator = torch.Generator().manual_seed(cfg.seed)
     run.track(params=params, optimizer=optimizer, task_generator=task_generator)
 
-    # ---- the algorithm, chosen once ------------------------------------------
-    algorithm = meta_learning.ALGORITHMS[cfg.algorithm]
-    adapted = meta_learning.inner_loop_mask(len(params), network_mask, algorithm.head_only)
-    if cfg.algorithm == "reptile":
-        train_shots = (cfg.reptile_train_shots, 0)  # support and query images per class of a training task
-        inner = dict(inner_lr=cfg.inner_lr, inner_optimizer="adam", inner_batch=cfg.reptile_inner_batch)
-        adaptation = dict(lr=cfg.inner_lr, optimizer="adam", batch_size=cfg.reptile_eval_batch)  # at test
-    else:
-        train_shots = (cfg.k_shot, cfg.k_shot)
-        inner = dict(inner_lr=cfg.inner_lr * cfg.n_way, adapted=adapted)
-        adaptation = dict(lr=cfg.inner_lr * cfg.n_way, optimizer="sgd", adapted=adapted)
-    learner = meta_learning.Learner(
-        forward, F.cross_entropy, inner_steps=cfg.inner_steps, meta_batch_size=cfg.meta_batch_size,
-        meta_iterations=cfg.meta_iterations, meta_step=cfg.reptile_meta_step,
-        sum_across=functools.partial(distributed.sum_across, world_size=run.world_size),
-        **meta_learning.task_grouping(device, cfg.meta_batch_size, 2 * cfg.n_way * cfg.k_shot), **inner)
-
     def evaluate(part, params, steps=cfg.test_steps):
-        """Query accuracy of the part's fixed tasks after 0..steps adaptation steps, (tasks, steps + 1)."""
+        """Query accuracy of the part's fixed tasks after 0..steps adaptation steps, (tasks, steps + 1),
+        or predicted in one pass, (tasks, 1)."""
         n_tasks, seed = (cfg.validation_tasks, VALIDATION_SEED) if part == "validation" else (cfg.test_tasks, TEST_SEED)
         support, query = samplers[part].sample(n_tasks, cfg.n_way, cfg.k_shot, cfg.k_shot,
                                                torch.Generator().manual_seed(seed),
                                                distributed.share(n_tasks, run.rank, run.world_size))
-        per_task = meta_learning.evaluate_adaptation(
-            forward, F.cross_entropy, accuracy, params, support, query, steps, chunk_size=CHUNK_TASKS,
+        per_task = meta_learning.evaluate(
+            algorithm, learner, accuracy, params, support, query, steps, chunk_size=CHUNK_TASKS,
             progress=f"{part} on {n_tasks} tasks" if run.rank == 0 else None, **adaptation)
         return distributed.gather_rows(per_task.cpu(), run.world_size)
 
@@ -240,8 +287,7 @@ def main(argv=None):
             checkpoint_every=cfg.validate_every, test_every=cfg.test_every, train_minutes=cfg.train_minutes,
             description=f"{cfg.algorithm} {cfg.n_way}-way {cfg.k_shot}-shot"):
         # ALGORITHM: a meta-update on a meta-batch of training tasks
-        support, query = samplers["train"].sample(cfg.meta_batch_size, cfg.n_way, *train_shots, task_generator,
-                                                  my_tasks)
+        support, query = samplers["train"].sample(cfg.meta_batch_size, *train_tasks, task_generator, my_tasks)
         loss, predictions, labels = algorithm.meta_update(learner, params, optimizer, support, query, iteration)
         due = run.record(train_loss=loss, train_accuracy=accuracy(predictions, labels) * share_of_batch)
         # every validate_every iterations: validate and keep the best parameters (a checkpoint follows)

@@ -49,8 +49,11 @@ LINE_STYLES = [dict(linestyle=style, marker=marker) for style, marker in
                (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v"), ((0, (1, 1)), "P"))]
 
 
-def plot_with_ci(ax, mean, ci, label, **style):
-    """A line over steps 0..S with its 95% confidence band."""
+def plot_with_ci(ax, mean, ci, label, span=None, **style):
+    """A line over steps 0..S with its 95% confidence band; a single value (of a method
+    that predicts in one pass) as a dashed level over `span` steps."""
+    if len(mean) == 1 and span:
+        mean, ci, style = mean * span, ci * span, {"linestyle": "--", "marker": None, **style}
     steps = range(len(mean))
     mean, ci = (torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
                 for values in (mean, ci))
@@ -60,7 +63,13 @@ def plot_with_ci(ax, mean, ci, label, **style):
 
 def print_accuracy_by_step(stats, tasks, headline_step):
     """Test accuracy after each number of adaptation steps, as the paper's figures show it,
-    with the tasks whose adaptation diverged."""
+    with the tasks whose adaptation diverged; or the one accuracy of an algorithm that
+    predicts in one pass."""
+    if len(stats["mean"]) == 1:
+        mean, ci = (values[0] for values in percent(stats))
+        print(f"test accuracy (%), predicted in one pass from the support set, mean ± 95% CI over {tasks} tasks: "
+              + ("n/a" if mean is None or ci is None else f"{mean:.2f} ± {ci:.2f}"))
+        return
     print(f"test accuracy (%) after each number of adaptation steps, mean ± 95% CI over {tasks} tasks:")
     for step, (mean, ci, diverged) in enumerate(zip(*percent(stats), stats["diverged"])):
         shown = "n/a" if mean is None or ci is None else f"{mean:6.2f} ± {ci:.2f}"

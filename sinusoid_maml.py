@@ -1,4 +1,5 @@
-"""Sinusoid regression with MAML (Finn et al. 2017, section 5.1 and appendix C).
+"""Sinusoid regression with MAML (Finn et al. 2017, section 5.1 and appendix C), and
+the other algorithms of docs/algorithms.md that apply to regression.
 
 Each task is a sine wave y = A sin(x - phase), A ~ U[0.1, 5], phase ~ U[0, pi],
 x ~ U[-5, 5]. A 1-40-40-1 ReLU network is meta-trained to fit a new wave from
@@ -37,8 +38,9 @@ import utils  # noqa: E402
 
 CONFIG = dict(
     # The experiment (the paper's section 5.1)
-    algorithm="maml",           # maml (second order) | fomaml (first order) | anil (MAML, only the
-                                # final layer adapts) | reptile
+    algorithm="maml",           # maml (second order) | fomaml (first order) | anil (MAML, only the final
+                                # layer adapts) | reptile | metasgd (MAML with learned inner step sizes) |
+                                # cnp (a network reads the support set and predicts in one pass)
     k_shot=10,                  # support points per meta-training task; as many query points
     meta_iterations=70_000,     # meta-updates (and Adam steps of the pretrained baseline); a run may be
                                 # continued to more (not Reptile's: its meta step is annealed over them)
@@ -74,6 +76,9 @@ INPUT_RANGE = (-5.0, 5.0)
 
 
 def validate(cfg):
+    if cfg.algorithm in meta_learning.ALGORITHMS and not meta_learning.ALGORITHMS[cfg.algorithm].regression:
+        utils.fail(f"--algorithm {cfg.algorithm} classifies and does not apply to regression; choose one of "
+                   + ", ".join(name for name, a in meta_learning.ALGORITHMS.items() if a.regression))
     settings.check_settings(
         cfg, choices=dict(algorithm=tuple(meta_learning.ALGORITHMS), reptile_inner_optimizer=INNER_OPTIMIZERS),
         at_least=dict(eval_tasks=2, **{key: 1 for key in (  # 2 test tasks at least for a confidence interval
@@ -117,26 +122,27 @@ def main(argv=None):
     cfg = run.cfg
     run.start()
 
-    # ---- model: meta-learned network and pretrained baseline, same init ------
+    # ---- the algorithm, chosen once -------------------------------------------
+    algorithm = meta_learning.ALGORITHMS[cfg.algorithm]
+    inner = dict(inner_steps=cfg.reptile_inner_steps, inner_lr=cfg.reptile_inner_lr,
+                 inner_optimizer=cfg.reptile_inner_optimizer) if cfg.algorithm == "reptile" else \
+        dict(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr)
+    learner = meta_learning.Learner(models.mlp, mse, meta_batch_size=cfg.meta_batch_size, features=models.mlp_features,
+                                    meta_iterations=cfg.meta_iterations, meta_step=cfg.reptile_meta_step,
+                                    sum_across=functools.partial(distributed.sum_across, world_size=run.world_size),
+                                    **inner)
+
+    # ---- model: the algorithm's meta-parameters and the pretrained baseline, same init
     sizes = [1, cfg.hidden_units, cfg.hidden_units, 1]
-    init = models.init_mlp(sizes, generator=torch.Generator().manual_seed(cfg.seed))
-    meta_params = [p.clone().requires_grad_() for p in init]
+    init_generator = torch.Generator().manual_seed(cfg.seed)
+    init = models.init_mlp(sizes, generator=init_generator)
+    meta_params = algorithm.parameters(learner, [p.clone().requires_grad_() for p in init], init_generator)
     baseline_params = [p.clone().requires_grad_() for p in init]
     meta_optimizer = torch.optim.Adam(meta_params, lr=cfg.meta_lr)
     baseline_optimizer = torch.optim.Adam(baseline_params, lr=cfg.meta_lr)
     task_generator = torch.Generator().manual_seed(cfg.seed)
     run.track(meta_params=meta_params, baseline_params=baseline_params, meta_optimizer=meta_optimizer,
               baseline_optimizer=baseline_optimizer, task_generator=task_generator)
-
-    # ---- the algorithm, chosen once ------------------------------------------
-    algorithm = meta_learning.ALGORITHMS[cfg.algorithm]
-    inner = dict(inner_steps=cfg.reptile_inner_steps, inner_lr=cfg.reptile_inner_lr,
-                 inner_optimizer=cfg.reptile_inner_optimizer) if cfg.algorithm == "reptile" else \
-        dict(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr)
-    learner = meta_learning.Learner(models.mlp, mse, meta_batch_size=cfg.meta_batch_size,
-                                    meta_iterations=cfg.meta_iterations, meta_step=cfg.reptile_meta_step,
-                                    sum_across=functools.partial(distributed.sum_across, world_size=run.world_size),
-                                    **inner)
     k = cfg.k_shot
 
     # ---- meta-training ------------------------------------------------------
@@ -166,22 +172,22 @@ def main(argv=None):
     for k_eval in k_shots:
         x = uniform(eval_generator, (cfg.eval_tasks, k_eval, 1), *INPUT_RANGE)
         support[k_eval] = (x, amplitude * torch.sin(x - phase))
-    sgd = dict(lr=cfg.inner_lr, optimizer="sgd")
-    adaptation = {  # method: (parameters, how it adapts at test time)
-        cfg.algorithm: (meta_params, dict(lr=learner.inner_lr, optimizer=learner.inner_optimizer,
-                                          adapted=meta_learning.inner_loop_mask(len(meta_params),
-                                                                                head_only=algorithm.head_only))),
-        "pretrained": (baseline_params, sgd),
+    test_adaptation = dict(lr=learner.inner_lr, optimizer=learner.inner_optimizer, adapted=meta_learning.inner_loop_mask(
+        len(init), head_only=algorithm.head_only)) if algorithm.steps else {}
+    methods = {  # method: its metric_fn(prediction, y) on tasks' query sets from their support sets, per step
+        cfg.algorithm: functools.partial(meta_learning.evaluate, algorithm, learner, params=meta_params,
+                                         steps=cfg.eval_steps, **test_adaptation),
+        "pretrained": functools.partial(meta_learning.evaluate_adaptation, models.mlp, mse, params=baseline_params,
+                                        steps=cfg.eval_steps, lr=cfg.inner_lr, optimizer="sgd"),
     }
     results = {"mse": {}, "tasks": cfg.eval_tasks, "train_seconds": round(run.train_seconds, 1),
                "meta_iterations": cfg.meta_iterations, "world_size": run.world_size}
-    for method, (params, inner) in adaptation.items():
+    for method, evaluate in methods.items():
         results["mse"][method] = {}
         for k_eval in utils.progress(k_shots, desc=f"testing {method} on {cfg.eval_tasks} tasks", transient=True,
                                      disable=run.rank > 0):
-            per_task = meta_learning.evaluate_adaptation(
-                models.mlp, mse, mse, params, distributed.take_share(support[k_eval], run.rank, run.world_size),
-                distributed.take_share((query_x, query_y), run.rank, run.world_size), cfg.eval_steps, **inner)
+            per_task = evaluate(metric_fn=mse, support=distributed.take_share(support[k_eval], run.rank, run.world_size),
+                                query=distributed.take_share((query_x, query_y), run.rank, run.world_size))
             results["mse"][method][str(k_eval)] = reports.summarize(distributed.gather_rows(per_task, run.world_size))
     if run.rank > 0:
         return results
@@ -191,19 +197,21 @@ def main(argv=None):
     # ---- plots --------------------------------------------------------------
     plot_training(run.metrics_rows(), cfg.algorithm, run.path("training_curve.png"))
     plot_mse_vs_steps(results, run.path("mse_vs_steps.png"))
-    plot_fits(adaptation, sample_sinusoids(eval_generator, 3, max(k_shots)), cfg.k_shot,
+    plot_fits(methods, sample_sinusoids(eval_generator, 3, max(k_shots)), cfg.k_shot,
               cfg.eval_steps, run.path("fits.png"))
     print(f"results in {run.dir}")
     return results
 
 
 def print_table(results, steps):
-    print("query MSE after adaptation, mean ± 95% CI over the tasks that did not diverge")
+    print("query MSE after adaptation, mean ± 95% CI over the tasks that did not diverge "
+          "(a method that predicts in one pass: under step 0)")
     print(f"{'method':<11}{'K':>3}" + "".join(f"{f'step {s}':>22}" for s in steps))
     for method, by_k in results["mse"].items():
         for k, stats in by_k.items():
             print(f"{method:<11}{k:>3}" + "".join(
-                f"{reports.number(stats['mean'][s]):>11} ± {reports.number(stats['ci95'][s]):<8}" for s in steps))
+                f"{reports.number(stats['mean'][s]):>11} ± {reports.number(stats['ci95'][s]):<8}"
+                if s < len(stats["mean"]) else f"{'-':>22}" for s in steps))
             if any(stats["diverged"]):
                 worst = max(range(len(stats["diverged"])), key=stats["diverged"].__getitem__)
                 print(f"  {method}, K = {k}: diverged on {stats['diverged'][worst]} of {results['tasks']} tasks "
@@ -225,11 +233,12 @@ def plot_mse_vs_steps(results, path):
     """The paper's Fig. 3: query MSE vs gradient steps at test time, per K."""
     methods = list(results["mse"])
     k_shots = list(results["mse"][methods[0]])
+    max_steps = max(len(stats["mean"]) for by_k in results["mse"].values() for stats in by_k.values()) - 1
     fig, axes = plt.subplots(1, len(k_shots), figsize=(4 * len(k_shots), 3.5), squeeze=False)
     for ax, k in zip(axes[0], k_shots):
         for method in methods:
             stats = results["mse"][method][k]
-            reports.plot_with_ci(ax, stats["mean"], stats["ci95"], method)
+            reports.plot_with_ci(ax, stats["mean"], stats["ci95"], method, span=max_steps + 1)
         ax.set(title=f"K = {k}: mean, 95% CI over {results['tasks']} tasks", xlabel="gradient steps",
                ylabel="query MSE")
         reports.log_scale_if_possible(ax)
@@ -237,24 +246,25 @@ def plot_mse_vs_steps(results, path):
     files.save_figure(fig, path)
 
 
-def plot_fits(adaptation, tasks, k, steps, path):
+def plot_fits(methods, tasks, k, steps, path):
     """The paper's Fig. 2: true wave, the K support points, and the prediction
-    before adaptation, after 1 and after `steps` steps, per method and task."""
+    before adaptation, after 1 and after `steps` steps (or of one pass), per method and task."""
     x_support, y_support, amplitude, phase = tasks
     x_support, y_support = x_support[:, :k], y_support[:, :k]
     grid = torch.linspace(*INPUT_RANGE, 200).view(1, -1, 1).expand(len(amplitude), -1, -1)
-    fig, axes = plt.subplots(len(adaptation), len(amplitude),
-                             figsize=(4 * len(amplitude), 3 * len(adaptation)), squeeze=False)
-    for row, (method, (params, inner)) in enumerate(adaptation.items()):
-        # evaluate_adaptation with an identity "metric" returns the predictions themselves.
-        predictions = meta_learning.evaluate_adaptation(
-            models.mlp, mse, lambda prediction, y: prediction, params,
-            (x_support, y_support), (grid, grid), steps, **inner)
+    fig, axes = plt.subplots(len(methods), len(amplitude),
+                             figsize=(4 * len(amplitude), 3 * len(methods)), squeeze=False)
+    for row, (method, evaluate) in enumerate(methods.items()):
+        # an identity "metric" returns the predictions themselves
+        predictions = evaluate(metric_fn=lambda prediction, y: prediction, support=(x_support, y_support),
+                               query=(grid, grid))
+        lines = ((0, ":", "dimgray", "pre-update"), (1, "--", "limegreen", "1 grad step"),
+                 (steps, "-", "darkgreen", f"{steps} grad steps")) if predictions.shape[1] > 1 else \
+            ((0, "-", "darkgreen", "one pass"),)
         for task, ax in enumerate(axes[row]):
             ax.plot(grid[task], amplitude[task, 0] * torch.sin(grid[task] - phase[task, 0]),
                     color="red", label="ground truth")
-            for step, style, color, label in ((0, ":", "dimgray", "pre-update"), (1, "--", "limegreen", "1 grad step"),
-                                              (steps, "-", "darkgreen", f"{steps} grad steps")):
+            for step, style, color, label in lines:
                 ax.plot(grid[task], predictions[task, step], style, color=color, linewidth=2, label=label)
             ax.scatter(x_support[task], y_support[task], color="purple", marker="^",
                        zorder=3, label=f"{k} points used")

@@ -245,7 +245,7 @@ def test_anil_second_order_terms_reach_the_body():
 
 
 # ---- the algorithms' one interface -------------------------------------------------
-@pytest.mark.parametrize("name", meta_learning.ALGORITHMS)
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "reptile"])
 def test_every_algorithm_is_one_meta_update_of_the_same_signature(name):
     forward, loss_fn, params, support, query, lr = mlp_problem(torch.Generator().manual_seed(7))
     learner = meta_learning.Learner(forward, loss_fn, inner_steps=2, inner_lr=lr, meta_batch_size=5,
@@ -267,6 +267,182 @@ def test_every_algorithm_is_one_meta_update_of_the_same_signature(name):
         assert torch.equal(targets, query[1])
     assert relative_error([p - s for p, s in zip(params, start)], [e - s for e, s in zip(expected, start)]) < 1e-10
     assert loss.shape == () and not loss.requires_grad and predictions.shape == targets.shape
+
+
+def classification_learner(forward, loss_fn, lr, n_classes, **fields):
+    return meta_learning.Learner(forward, loss_fn, meta_batch_size=4, meta_iterations=10, inner_steps=2, inner_lr=lr,
+                                 features=models.cnn_features, n_classes=n_classes, tasks_per_call=2, **fields)
+
+
+@pytest.mark.parametrize("name", meta_learning.ALGORITHMS)
+def test_every_algorithm_meta_trains_and_predicts_through_the_one_interface(name):
+    """Each algorithm's meta-parameters, meta-update and prediction on a classification
+    problem: a loss, predictions like the targets', a change of every meta-parameter, and
+    accuracies per test step (or one, for an algorithm that predicts in one pass)."""
+    forward, loss_fn, network, support, query, lr = cnn_problem(torch.Generator().manual_seed(13))
+    learner = classification_learner(forward, loss_fn, lr, n_classes=3)
+    algorithm = meta_learning.ALGORITHMS[name]
+    params = algorithm.parameters(learner, network, torch.Generator().manual_seed(14))
+    start = [p.detach().clone() for p in params]
+    loss, predictions, targets = algorithm.meta_update(learner, params, torch.optim.Adam(params, lr=1e-3), support,
+                                                       query, iteration=0)
+    assert loss.shape == () and not loss.requires_grad and predictions.shape[:-1] == targets.shape
+    assert all(not torch.equal(p, s) for p, s in zip(params, start))
+
+    def accuracy(logits, labels):
+        return (logits.argmax(-1) == labels).double().mean()
+    per_task = meta_learning.evaluate(algorithm, learner, accuracy, params, support, query, steps=3, lr=lr)
+    assert per_task.shape == (4, 4 if algorithm.steps else 1)
+
+
+# ---- Meta-SGD ----------------------------------------------------------------------------
+def metasgd_reference(forward, loss_fn, network, step_sizes, support, query, steps):
+    """Meta-SGD task by task: each parameter entry takes its own step size, p - a * g, the
+    inner gradients by torch.autograd.grad in the graph; the mean query loss, and the
+    per-task query losses after 0..steps steps."""
+    losses, per_step = [], []
+    for support_x, support_y, query_x, query_y in zip(*support, *query):
+        task, curve = list(network), []
+        for _ in range(steps):
+            curve.append(loss_fn(forward(task, query_x), query_y))
+            grads = torch.autograd.grad(loss_fn(forward(task, support_x), support_y), task, create_graph=True)
+            task = [p - a * g for p, a, g in zip(task, step_sizes, grads)]
+        losses.append(loss_fn(forward(task, query_x), query_y))
+        per_step.append(torch.stack(curve + [losses[-1]]))
+    return torch.stack(losses).mean(), torch.stack(per_step)
+
+
+@pytest.mark.parametrize("problem", ["mlp", "cnn"])
+@pytest.mark.parametrize("steps", [1, 2])
+def test_metasgd_meta_gradient_and_prediction_match_a_per_task_loop(problem, steps):
+    generator = torch.Generator().manual_seed(15)
+    forward, loss_fn, network, support, query, lr = PROBLEMS[problem](generator)
+    learner = meta_learning.Learner(forward, loss_fn, meta_batch_size=len(support[0]), meta_iterations=10,
+                                    inner_steps=steps, inner_lr=lr, tasks_per_call=2)
+    metasgd = meta_learning.ALGORITHMS["metasgd"]
+    params = metasgd.parameters(learner, network, None)
+    half = len(params) // 2
+    assert all(torch.equal(a, torch.full_like(p, lr)) for p, a in zip(params[:half], params[half:]))  # starts as MAML
+    with torch.no_grad():  # a step size of its own for every entry
+        for a in params[half:]:
+            a.mul_(0.5 + torch.rand(a.shape, generator=generator))
+    loss, per_step = metasgd_reference(forward, loss_fn, params[:half], params[half:], support, query, steps)
+    expected = torch.autograd.grad(loss, params)
+    metasgd.meta_update(learner, params, torch.optim.SGD(params, lr=0.0), support, query, iteration=0)
+    assert relative_error([p.grad for p in params], expected) < 1e-10
+    assert all(g.abs().sum() > 0 for g in expected[half:])  # the step sizes are meta-learned
+    evaluated = meta_learning.evaluate(metasgd, learner, loss_fn, params, support, query, steps, lr=123.0)
+    torch.testing.assert_close(evaluated, per_step.detach(), rtol=1e-10, atol=0)  # its own step sizes, not lr
+
+
+# ---- Prototypical Networks ---------------------------------------------------------------
+def test_prototype_logits_match_a_loop_over_classes():
+    generator = torch.Generator().manual_seed(16)
+    n_classes, shots = 4, 3
+    support_y = torch.arange(n_classes).repeat(shots)[torch.randperm(n_classes * shots, generator=generator)]
+    support_features = torch.randn(n_classes * shots, 7, generator=generator)
+    query_features = torch.randn(5, 7, generator=generator)
+    logits = meta_learning.prototype_logits(support_features, support_y, query_features, n_classes)
+    expected = torch.empty(5, n_classes)
+    for c in range(n_classes):
+        prototype = support_features[support_y == c].mean(dim=0)
+        for q in range(5):
+            expected[q, c] = -sum((query_features[q, d] - prototype[d]) ** 2 for d in range(7))
+    torch.testing.assert_close(logits, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_protonet_meta_gradient_matches_a_per_task_loop_on_episodes_of_more_classes():
+    """Training episodes of 6 classes, test tasks of 3: the same embedding serves both."""
+    generator = torch.Generator().manual_seed(17)
+    network = [p.requires_grad_() for p in models.init_cnn(3, generator=generator, dtype=torch.float64)]
+    images = torch.rand(2, 6 * 3, 1, 28, 28, generator=generator)
+    labels = torch.arange(6).repeat(3).expand(2, -1)
+    support, query = (images[:, :6], labels[:, :6]), (images[:, 6:], labels[:, 6:])
+    learner = classification_learner(models.cnn, F.cross_entropy, None, n_classes=3, train_classes=6)
+    learner.meta_batch_size = 2
+    protonet = meta_learning.ALGORITHMS["protonet"]
+    body = protonet.parameters(learner, network, None)
+    assert len(body) == len(network) - 2  # the network without its output layer
+
+    def task_logits(support_x, support_y, query_x, n_classes):
+        features = models.cnn_features(body, torch.cat([support_x, query_x]))  # one batch: one batch norm
+        support_features, query_features = features[:len(support_x)], features[len(support_x):]
+        prototypes = torch.stack([support_features[support_y == c].mean(0) for c in range(n_classes)])
+        return -((query_features[:, None] - prototypes[None]) ** 2).sum(-1)
+    loss = sum(F.cross_entropy(task_logits(sx, sy, qx, 6), qy) for sx, sy, qx, qy in zip(*support, *query)) / 2
+    expected = torch.autograd.grad(loss, body)
+    protonet.meta_update(learner, body, torch.optim.SGD(body, lr=0.0), support, query, iteration=0)
+    assert relative_error([p.grad for p in body], expected) < 1e-10
+    test_support, test_query = (images[:, :3], labels[:, :3]), (images[:, 6:9], labels[:, 6:9])
+    logits = meta_learning.evaluate(protonet, learner, lambda p, y: p, body, test_support, test_query, steps=3)
+    for task in range(2):
+        torch.testing.assert_close(logits[task, 0], task_logits(images[task, :3], labels[task, :3],
+                                                                images[task, 6:9], 3).detach(), rtol=1e-10, atol=0)
+
+
+# ---- the Conditional Neural Process -------------------------------------------------------
+def cnp_problem(kind, generator):
+    if kind == "classification":
+        network = [p.requires_grad_() for p in models.init_cnn(3, generator=generator, dtype=torch.float64)]
+        x = torch.rand(2, 12, 1, 28, 28, generator=generator)
+        y = torch.arange(3).repeat(4).expand(2, -1)
+        learner = classification_learner(models.cnn, F.cross_entropy, None, n_classes=3)
+    else:
+        network = [p.requires_grad_() for p in models.init_mlp([1, 40, 40, 1], generator=generator, dtype=torch.float64)]
+        x = torch.rand(2, 12, 1, generator=generator) * 10 - 5
+        y = torch.sin(x)
+        learner = meta_learning.Learner(models.mlp, mse, meta_batch_size=4, meta_iterations=10,
+                                        features=models.mlp_features)
+    learner.meta_batch_size = 2
+    params = meta_learning.ALGORITHMS["cnp"].parameters(learner, network, generator)
+    return learner, params, (x[:, :6], y[:, :6]), (x[:, 6:], y[:, 6:])
+
+
+@pytest.mark.parametrize("kind", ["regression", "classification"])
+def test_cnp_output_does_not_depend_on_the_order_of_the_support_set_but_on_its_labels(kind):
+    learner, params, support, query = cnp_problem(kind, torch.Generator().manual_seed(18))
+    n_classes = learner.n_classes
+    output = meta_learning.cnp_output(learner, params, support[0][0], support[1][0], query[0][0], n_classes)
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(19))
+    shuffled = meta_learning.cnp_output(learner, params, support[0][0][order], support[1][0][order], query[0][0],
+                                        n_classes)
+    torch.testing.assert_close(shuffled, output, rtol=1e-12, atol=1e-12)
+    relabelled = support[1][0].roll(1) if n_classes else support[1][0] + 1
+    other = meta_learning.cnp_output(learner, params, support[0][0], relabelled, query[0][0], n_classes)
+    assert (other - output).abs().max() > 1e-6  # it reads the labels
+
+
+@pytest.mark.parametrize("kind", ["regression", "classification"])
+def test_cnp_meta_gradient_matches_a_per_task_loop_of_its_likelihood(kind):
+    """Regression: the Gaussian negative log-likelihood of torch.distributions; classification:
+    the cross-entropy of the logits; each task by itself."""
+    learner, params, support, query = cnp_problem(kind, torch.Generator().manual_seed(20))
+    losses = []
+    for sx, sy, qx, qy in zip(*support, *query):
+        output = meta_learning.cnp_output(learner, params, sx, sy, qx, learner.n_classes)
+        if kind == "classification":
+            losses.append(F.cross_entropy(output, qy))
+        else:
+            std = 0.1 + 0.9 * F.softplus(output[:, 1:])
+            losses.append(-torch.distributions.Normal(output[:, :1], std).log_prob(qy).mean())
+    expected = torch.autograd.grad(torch.stack(losses).mean(), params)
+    cnp = meta_learning.ALGORITHMS["cnp"]
+    loss, _, _ = cnp.meta_update(learner, params, torch.optim.SGD(params, lr=0.0), support, query, iteration=0)
+    assert loss.item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-12)
+    assert relative_error([p.grad for p in params], expected) < 1e-10
+
+
+def test_the_meta_learning_rate_is_halved_on_its_schedule():
+    params = [torch.zeros(2, requires_grad=True)]
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    learner = meta_learning.Learner(None, None, meta_batch_size=1, meta_iterations=10, meta_lr=1e-3,
+                                    meta_lr_halving=2000)
+    rates = []
+    for iteration in (0, 1999, 2000, 4000, 5999):
+        params[0].grad = torch.ones(2)
+        learner.step(params, optimizer, iteration)
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == [1e-3, 1e-3, 5e-4, 2.5e-4, 2.5e-4]
 
 
 # ---- the official code's network (models.OFFICIAL_CNN) ---------------------------------
