@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import meta_learning
 import models
 import omniglot_data
+import omniglot_maml
 import sinusoid_maml
 
 # name: (n_way, k_shot, meta_batch_size, inner_steps, inner SGD step), the paper's settings
@@ -169,9 +171,10 @@ def omniglot(device, repeats, configs):
 
 def algorithms(device, repeats, configs):
     """Seconds per meta-iteration of each algorithm of meta_learning.ALGORITHMS as
-    omniglot_maml.py runs it (the paper's MAML settings; Reptile's own: 5 tasks of
-    10 images per class, 5 Adam steps on batches of 10), their iterations
-    interleaved in one process so that all see the same machine."""
+    omniglot_maml.py runs it with its paper settings (PAPER_DEFAULTS: MAML's meta-batch of
+    32 tasks; Reptile's 5 tasks of 10 images per class; Prototypical Networks' one episode
+    of 60 classes and 5 queries each), their iterations interleaved in one process so that
+    all see the same machine."""
     random_images = np.random.default_rng(0).integers(0, 256, (TRAIN_CHARACTERS, omniglot_data.DRAWERS, 28, 28),
                                                       dtype=np.uint8)
     sampler = omniglot_data.TaskSampler(random_images, rotations=True, device=device)
@@ -179,19 +182,21 @@ def algorithms(device, repeats, configs):
     print("| Omniglot (paper settings) | " + " | ".join(f"{name} s/iter" for name in names) + " |")
     print("|---|" + "---|" * len(names))
     for config in configs:
-        n_way, k_shot, tasks, steps, lr = OMNIGLOT_CONFIGS[config]
+        n_way, k_shot = OMNIGLOT_CONFIGS[config][:2]
         runs = {}
         for name in names:
-            params = [p.to(device).requires_grad_() for p in models.init_cnn(n_way)]
-            reptile = name == "reptile"
-            learner = meta_learning.Learner(
-                models.cnn, F.cross_entropy, inner_steps=5 if reptile else steps, inner_lr=1e-3 if reptile else lr,
-                meta_batch_size=5 if reptile else tasks, meta_iterations=100_000,
-                **(dict(inner_optimizer="adam", inner_batch=10) if reptile else
-                   meta_learning.task_grouping(device, tasks, 2 * n_way * k_shot)))
-            sample = functools.partial(sampler.sample, learner.meta_batch_size, n_way, 10 if reptile else k_shot,
-                                       0 if reptile else k_shot, torch.Generator().manual_seed(0))
-            runs[name] = (learner, params, torch.optim.Adam(params, lr=1e-3), sample, [])
+            cfg = types.SimpleNamespace(**{**omniglot_maml.CONFIG, "algorithm": name, "n_way": n_way, "k_shot": k_shot})
+            omniglot_maml.resolve_paper_defaults(cfg)
+            algorithm = meta_learning.ALGORITHMS[name]
+            network, forward, features, _ = omniglot_maml.build_network("cnn", n_way, torch.Generator().manual_seed(0),
+                                                                         device)
+            learner, train_tasks, _ = omniglot_maml.algorithm_setup(
+                cfg, algorithm, forward, features,
+                meta_learning.inner_loop_mask(len(network), head_only=algorithm.head_only), device)
+            params = algorithm.parameters(learner, network, torch.Generator().manual_seed(0))
+            sample = functools.partial(sampler.sample, cfg.meta_batch_size, *train_tasks,
+                                       torch.Generator().manual_seed(0))
+            runs[name] = (learner, params, torch.optim.Adam(params, lr=cfg.meta_lr), sample, [])
         for round in range(2 + repeats):  # the first two rounds warm up
             for name, (learner, params, optimizer, sample, times) in runs.items():
                 if device.type == "cuda":

@@ -4,9 +4,12 @@
     python compare.py results/omniglot            # every finished run in a folder
 
 Sinusoid runs: query MSE at each K after 0, 1, 5, 10 steps (those the runs
-have) for each run's algorithm and its pretrained baseline. Omniglot runs: test
-accuracy after each run's headline step count; the figure adds their training
-and validation accuracy against iterations. Settings that differ between the
+have; an algorithm that predicts in one pass has its value under step 0) for
+each run's algorithm and its pretrained baseline. Omniglot runs: test accuracy
+after each run's headline step count (or of its one pass); with --minutes, the
+test-curve accuracy of each run at equal training time; the figure adds their
+training and validation accuracy against iterations and the test curves against
+training minutes. Settings that differ between the
 runs are listed under the table. Each run given is a row, named by its folder
 (with the folders above it where two runs' folders share a name).
 """
@@ -108,16 +111,32 @@ def sinusoid(runs, figure):
             print(f"| {method} | {k} | {cells} | {time_cell} |")
     if figure:
         fig, axes = plt.subplots(1, len(k_shots), figsize=(4.5 * len(k_shots), 4), squeeze=False)
+        span = max(len(by_k[k]["mean"]) for by_k, _ in curves.values() for k in k_shots)
         for ax, k in zip(axes[0], k_shots):
             for (method, (by_k, _)), style in zip(curves.items(), itertools.cycle(reports.LINE_STYLES)):
-                reports.plot_with_ci(ax, by_k[k]["mean"], by_k[k]["ci95"], method, **style)
+                reports.plot_with_ci(ax, by_k[k]["mean"], by_k[k]["ci95"], method, span=span, **style)
             ax.set(title=f"K = {k}: mean, 95% CI", xlabel="gradient steps", ylabel="query MSE")
             reports.log_scale_if_possible(ax)
             ax.legend()
         save(fig, figure)
 
 
-def omniglot(runs, figure, run_dirs):
+def test_curve(run_dir):
+    """The test-curve points of a run's metrics.csv (--test-every), [] if it has none."""
+    log = os.path.join(run_dir, "metrics.csv")
+    rows = files.read_metrics(log) if os.path.exists(log) else []
+    return [r for r in rows if "test_accuracy" in r and r["test_accuracy"] == r["test_accuracy"]]  # not NaN
+
+
+def at_minutes(points, minutes):
+    """The accuracy cell of the last test-curve point at or before `minutes` of training."""
+    before = [p for p in points if p["train_seconds"] <= 60 * minutes]
+    if not before:
+        return "-"
+    return f"{100 * before[-1]['test_accuracy']:.2f} ± {100 * before[-1]['test_ci95']:.2f}"
+
+
+def omniglot(runs, figure, run_dirs, minutes):
     print("| run | algorithm | model | split | N-way K-shot | meta-iterations | training time | "
           "test accuracy (95% CI) | after steps |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -126,18 +145,41 @@ def omniglot(runs, figure, run_dirs):
         mean, ci = reports.percent(test["accuracy"])
         print(f"| {name} | {config['algorithm']} | {config.get('model', 'cnn')} | {test['split']} | "
               f"{config['n_way']}-way {config['k_shot']}-shot | {test['meta_iterations']} | "
-              f"{test['train_seconds'] / 60:.1f} min | {mean[s]:.2f} ± {ci[s]:.2f}% | {s} |")
+              f"{test['train_seconds'] / 60:.1f} min | {mean[s]:.2f} ± {ci[s]:.2f}% | "
+              f"{s if len(mean) > 1 else 'one pass'} |")
+    curves = [test_curve(run_dir) for run_dir in run_dirs]
+    if minutes:
+        print("\ntest accuracy (%) of the current parameters at equal training time (the last test-curve point "
+              "at or before it; 95% CI over the test tasks):\n")
+        print("| run | " + " | ".join(f"{m:g} min" for m in minutes) + " |\n|---|" + "---|" * len(minutes))
+        for ((_, _), name), points in zip(runs, curves):
+            print(f"| {name} | " + " | ".join(at_minutes(points, m) for m in minutes) + " |")
     if figure:
         logs = [os.path.join(run_dir, "metrics.csv") for run_dir in run_dirs]
-        curves = all(os.path.exists(log) for log in logs)  # training and validation against iterations too
-        fig, axes = plt.subplots(1, 3 if curves else 1, figsize=(18 if curves else 7, 4.5), squeeze=False)
+        histories = all(os.path.exists(log) for log in logs)  # training and validation against iterations too
+        timed = any(curves)  # test accuracy against training minutes
+        panels = 1 + 2 * histories + timed
+        fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
         styles = list(itertools.islice(itertools.cycle(reports.LINE_STYLES), len(runs)))
+        span = max(len(results["test"]["accuracy"]["mean"]) for (results, _), _ in runs)
         for ((results, config), name), style in zip(runs, styles):
-            reports.plot_with_ci(axes[0, 0], *reports.percent(results["test"]["accuracy"]), name, **style)
+            reports.plot_with_ci(axes[0, 0], *reports.percent(results["test"]["accuracy"]), name, span=span, **style)
         axes[0, 0].set(xlabel="adaptation steps", ylabel="test accuracy (%)",
                        title="Omniglot test tasks: mean and 95% CI after each step")
         axes[0, 0].legend()
-        if curves:
+        if timed:
+            ax = axes[0, -1]
+            for ((_, _), name), style, points in zip(runs, styles, curves):
+                x = [p["train_seconds"] / 60 for p in points]
+                mean = [100 * p["test_accuracy"] for p in points]
+                ci = [100 * p["test_ci95"] for p in points]
+                line, = ax.plot(x, mean, label=name, markersize=4, **style)
+                ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
+                                color=line.get_color(), alpha=0.2)
+            ax.set(xlabel="training time (min)", ylabel="test accuracy (%)",
+                   title="test tasks, current parameters, against training time")
+            ax.legend()
+        if histories:
             for ((_, config), name), style, log in zip(runs, styles, logs):
                 rows = files.read_metrics(log)
                 validated = [r for r in rows if r["validation_accuracy"] == r["validation_accuracy"]]  # not NaN
@@ -175,7 +217,13 @@ def main(argv=None):
     parser.add_argument("runs", nargs="+", help="run folders holding results.json and config.json, "
                                                 "or folders of such runs")
     parser.add_argument("--figure", help="where to save the comparison figure (PNG)")
+    parser.add_argument("--minutes", help="Omniglot: comma-separated training minutes at which to compare the "
+                                          "runs' test curves (runs trained with --test-every)")
     args = parser.parse_args(argv)
+    try:
+        minutes = [float(m) for m in args.minutes.split(",")] if args.minutes else []
+    except ValueError:
+        utils.fail(f"--minutes must be comma-separated numbers, got {args.minutes!r}")
     if args.figure and not os.path.isdir(os.path.dirname(os.path.abspath(args.figure))):
         utils.fail(f"--figure {args.figure}: the folder {os.path.dirname(args.figure) or '.'} does not exist")
     run_dirs = []
@@ -195,7 +243,7 @@ def main(argv=None):
     if "sinusoid" in experiments:
         sinusoid(runs, args.figure)
     else:
-        omniglot(runs, args.figure, run_dirs)
+        omniglot(runs, args.figure, run_dirs, minutes)
     differing_settings(runs)
 
 

@@ -197,6 +197,28 @@ def build_network(model, n_way, generator, device):
     return [p.to(device).requires_grad_() for p in params], forward, features, mask
 
 
+def algorithm_setup(cfg, algorithm, forward, features, adapted, device, sum_across=list):
+    """The Learner of cfg's algorithm, the shape of its meta-training tasks (classes, support
+    and query images per class) and how it adapts at test (adapt's arguments)."""
+    train_tasks = (cfg.train_way, cfg.k_shot, cfg.train_queries)
+    if cfg.algorithm == "reptile":
+        train_tasks = (cfg.n_way, cfg.reptile_train_shots, 0)
+        inner = dict(inner_lr=cfg.inner_lr, inner_optimizer="adam", inner_batch=cfg.reptile_inner_batch)
+        adaptation = dict(lr=cfg.inner_lr, optimizer="adam", batch_size=cfg.reptile_eval_batch)
+    elif algorithm.steps:
+        inner = dict(inner_lr=cfg.inner_lr * cfg.n_way, adapted=adapted)
+        adaptation = dict(lr=cfg.inner_lr * cfg.n_way, optimizer="sgd", adapted=adapted)
+    else:  # one pass from the support set: no inner loop
+        inner, adaptation = {}, {}
+    learner = meta_learning.Learner(
+        forward, F.cross_entropy, inner_steps=cfg.inner_steps, meta_batch_size=cfg.meta_batch_size,
+        meta_iterations=cfg.meta_iterations, meta_step=cfg.reptile_meta_step, features=features,
+        n_classes=cfg.n_way, train_classes=cfg.train_way, meta_lr=cfg.meta_lr, meta_lr_halving=cfg.meta_lr_halving,
+        sum_across=sum_across, **meta_learning.task_grouping(device, cfg.meta_batch_size, 2 * cfg.n_way * cfg.k_shot),
+        **inner)
+    return learner, train_tasks, adaptation
+
+
 def task_samplers(cfg, run):
     """Task samplers of the split's meta-training, validation and test characters."""
     with distributed.rank_zero_first(run.rank, run.world_size):  # process 0 builds the cache
@@ -244,22 +266,9 @@ def main(argv=None):
     init_generator = torch.Generator().manual_seed(cfg.seed)
     network, forward, features, network_mask = build_network(cfg.model, cfg.n_way, init_generator, device)
     adapted = meta_learning.inner_loop_mask(len(network), network_mask, algorithm.head_only)
-    train_tasks = (cfg.train_way, cfg.k_shot, cfg.train_queries)  # classes, support and query images per class
-    if cfg.algorithm == "reptile":
-        train_tasks = (cfg.n_way, cfg.reptile_train_shots, 0)
-        inner = dict(inner_lr=cfg.inner_lr, inner_optimizer="adam", inner_batch=cfg.reptile_inner_batch)
-        adaptation = dict(lr=cfg.inner_lr, optimizer="adam", batch_size=cfg.reptile_eval_batch)  # at test
-    elif algorithm.steps:
-        inner = dict(inner_lr=cfg.inner_lr * cfg.n_way, adapted=adapted)
-        adaptation = dict(lr=cfg.inner_lr * cfg.n_way, optimizer="sgd", adapted=adapted)
-    else:  # one pass from the support set: no inner loop
-        inner, adaptation = {}, {}
-    learner = meta_learning.Learner(
-        forward, F.cross_entropy, inner_steps=cfg.inner_steps, meta_batch_size=cfg.meta_batch_size,
-        meta_iterations=cfg.meta_iterations, meta_step=cfg.reptile_meta_step, features=features,
-        n_classes=cfg.n_way, train_classes=cfg.train_way, meta_lr=cfg.meta_lr, meta_lr_halving=cfg.meta_lr_halving,
-        sum_across=functools.partial(distributed.sum_across, world_size=run.world_size),
-        **meta_learning.task_grouping(device, cfg.meta_batch_size, 2 * cfg.n_way * cfg.k_shot), **inner)
+    learner, train_tasks, adaptation = algorithm_setup(
+        cfg, algorithm, forward, features, adapted, device,
+        functools.partial(distributed.sum_across, world_size=run.world_size))
     params = algorithm.parameters(learner, network, init_generator)
     optimizer = torch.optim.Adam(params, lr=cfg.meta_lr)
     task_generator = torch.Generator().manual_seed(cfg.seed)

@@ -13,7 +13,7 @@ from utils import fail
 def check_settings(cfg, choices=None, at_least=None, positive=(), zero_is_off=None):
     """Stop in one line at the first setting out of its range: choices {key: allowed
     values}, at_least {key: minimum} (None, the paper's value to come, passes),
-    positive (keys that must be > 0), zero_is_off {key: what 0 means} (>= 0)."""
+    positive (keys that must be > 0), zero_is_off {key: what 0 means} (>= 0, or None)."""
     def flag(key):
         return "--" + key.replace("_", "-")
     for key, allowed in (choices or {}).items():
@@ -26,7 +26,7 @@ def check_settings(cfg, choices=None, at_least=None, positive=(), zero_is_off=No
         if not getattr(cfg, key) > 0:
             fail(f"{flag(key)} must be positive, got {getattr(cfg, key)}")
     for key, off in (zero_is_off or {}).items():
-        if getattr(cfg, key) < 0:
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
             fail(f"{flag(key)} must be 0 ({off}) or positive, got {getattr(cfg, key)}")
 
 

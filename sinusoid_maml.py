@@ -172,8 +172,9 @@ def main(argv=None):
     for k_eval in k_shots:
         x = uniform(eval_generator, (cfg.eval_tasks, k_eval, 1), *INPUT_RANGE)
         support[k_eval] = (x, amplitude * torch.sin(x - phase))
-    test_adaptation = dict(lr=learner.inner_lr, optimizer=learner.inner_optimizer, adapted=meta_learning.inner_loop_mask(
-        len(init), head_only=algorithm.head_only)) if algorithm.steps else {}
+    test_adaptation = dict(lr=learner.inner_lr, optimizer=learner.inner_optimizer,
+                           adapted=meta_learning.inner_loop_mask(len(init), head_only=algorithm.head_only)) \
+        if algorithm.steps else {}
     methods = {  # method: its metric_fn(prediction, y) on tasks' query sets from their support sets, per step
         cfg.algorithm: functools.partial(meta_learning.evaluate, algorithm, learner, params=meta_params,
                                          steps=cfg.eval_steps, **test_adaptation),
@@ -186,7 +187,8 @@ def main(argv=None):
         results["mse"][method] = {}
         for k_eval in utils.progress(k_shots, desc=f"testing {method} on {cfg.eval_tasks} tasks", transient=True,
                                      disable=run.rank > 0):
-            per_task = evaluate(metric_fn=mse, support=distributed.take_share(support[k_eval], run.rank, run.world_size),
+            per_task = evaluate(metric_fn=mse,
+                                support=distributed.take_share(support[k_eval], run.rank, run.world_size),
                                 query=distributed.take_share((query_x, query_y), run.rank, run.world_size))
             results["mse"][method][str(k_eval)] = reports.summarize(distributed.gather_rows(per_task, run.world_size))
     if run.rank > 0:

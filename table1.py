@@ -8,8 +8,8 @@ built from the run records kept in the repository.
     python table1.py --add results/omniglot/RUN                    # add a finished run of your own
     python table1.py --report                                      # only rebuild the table and figure
 
-Cells: maml-, fomaml-, reptile- with 5w1s, 5w5s, 20w1s, 20w5s; mlp-5w1s, mlp-5w5s
-(the "no conv" network). Each cell is one run in <out_dir>/<split>/<cell>.
+Cells: maml-, fomaml-, reptile-, protonet- with 5w1s, 5w5s, 20w1s, 20w5s; metasgd-5w1s,
+metasgd-5w5s; mlp-5w1s, mlp-5w5s (the "no conv" network). Each cell is one run in <out_dir>/<split>/<cell>.
 Rerunning the command continues unfinished runs (--resume) and skips those whose
 budget is met; a larger budget continues a finished run. Validation and test
 accuracy are recorded every --evaluate-every iterations against iterations and
@@ -65,12 +65,16 @@ CONFIG = dict(
 )
 WAYS_SHOTS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 # Published test accuracy (%) and its 95% CI: MAML, "no conv" and first-order MAML from
-# Finn et al. Table 1; Reptile with transduction from Nichol et al. 2018, Table 1.
+# Finn et al. Table 1; Reptile with transduction from Nichol et al. 2018, Table 1; Meta-SGD
+# from Li et al. 2017, Table 1 (5-way); Prototypical Networks from Snell et al. 2017,
+# Table 1, which gives no interval (None).
 PUBLISHED = {
     "maml": ((98.7, 0.4), (99.9, 0.1), (95.8, 0.3), (98.9, 0.2)),
     "fomaml": ((98.3, 0.5), (99.2, 0.2), (89.4, 0.5), (97.9, 0.1)),
     "reptile": ((97.68, 0.04), (99.48, 0.06), (89.43, 0.14), (97.12, 0.32)),
     "mlp": ((89.7, 1.1), (97.5, 0.6)),
+    "metasgd": ((99.53, 0.26), (99.93, 0.09)),
+    "protonet": ((98.8, None), (99.7, None), (96.0, None), (98.9, None)),
 }
 CELLS = {f"{family}-{config}": (family, config, published)
          for family, numbers in PUBLISHED.items() for config, published in zip(WAYS_SHOTS, numbers)}
@@ -80,6 +84,15 @@ README_MARKERS = ("<!-- table1: written by table1.py --report -->", "<!-- table1
 RECORD_FILES = ("config.json", "metrics.csv", "results*.json")
 # Settings a row names when a run differs from the paper's (beyond those PAPER_DEFAULTS resolves).
 PAPER_SETTINGS = dict(meta_lr=1e-3, rotate_test_classes=False)
+
+
+def published_text(published):
+    return f"{published[0]} ± {published[1]}" if published[1] is not None else f"{published[0]} (no CI given)"
+
+
+def lower_end(published):
+    """The published CI's lower end (the number itself when the paper gives no CI)."""
+    return published[0] - (published[1] or 0)
 
 
 def arguments(cell, cfg, minutes, run_dir):
@@ -180,7 +193,7 @@ def train(command):
 
 def first_within(rows, published):
     """(iteration, minutes) of the first test-curve point at or above the published CI's lower end."""
-    low = published[0] - published[1]
+    low = lower_end(published)
     return next(((r["iteration"], r["train_seconds"] / 60) for r in rows
                  if finite(r["test_accuracy"]) and 100 * r["test_accuracy"] >= low), None)
 
@@ -201,7 +214,7 @@ def extrapolated(rows, published):
                                   np.log([100 - 100 * r["test_accuracy"] for r in late]), 1)
     if slope > -0.01:  # an error that falls by under 5% over 100x the iterations: no estimate
         return None
-    iterations = math.exp((math.log(100 - published[0] + published[1]) - intercept) / slope)
+    iterations = math.exp((math.log(100 - lower_end(published)) - intercept) / slope)
     return iterations, iterations * late[-1]["train_seconds"] / late[-1]["iteration"] / 60
 
 
@@ -214,7 +227,8 @@ def headline(test):
 
 def protocol_notes(cell, config, results, others):
     family = CELLS[cell][0]
-    paper = omniglot_maml.PAPER_DEFAULTS[("reptile" if family == "reptile" else "maml", config["n_way"])]
+    paper_defaults = omniglot_maml.PAPER_DEFAULTS
+    paper = paper_defaults.get((family, config["n_way"]), paper_defaults[("maml", config["n_way"])])
     trained, planned = results["test"]["meta_iterations"], config["meta_iterations"]
     notes = [f"{trained:,} of the paper's {paper['meta_iterations']:,} iterations"] \
         if trained < paper["meta_iterations"] else []
@@ -222,6 +236,8 @@ def protocol_notes(cell, config, results, others):
         notes.append("fresh Adam state per task (Reptile's code keeps one)")
         if planned != paper["meta_iterations"]:
             notes.append(f"meta step annealed to 0 over {planned:,} iterations")
+    if family == "protonet":
+        notes.append("the paper: Vinyals et al.'s 1200 training characters, test classes rotated too")
     notes.append("1100 train + 100 validation characters (paper: 1200 train)" if config["split"] == "paper"
                  else "background/evaluation alphabets (paper: 1200/423 random characters)")
     paper_values = {**{k: v for k, v in paper.items() if k != "meta_iterations"}, **PAPER_SETTINGS}
@@ -249,7 +265,7 @@ def table(records, split, notes=True):
         run = runs[cell]
         if run is None or run[1] is None:
             missing = f"records lost ({lost[cell]}); rerun the cell" if cell in lost else "not run"
-            lines.append(f"| {cell} | {published[0]} ± {published[1]} | {missing} | | | | | | |")
+            lines.append(f"| {cell} | {published_text(published)} | {missing} | | | | | | |")
             continue
         config, results, rows, others = run
         test = results["test"]
@@ -260,14 +276,15 @@ def table(records, split, notes=True):
             reached = f"not yet; extrapolated: ~{estimate[0]:,.0f} iterations (~{estimate[1] / 60:.1f} h on its device)"
         else:
             reached = "not yet"
-        lines.append(f"| {cell} | {published[0]} ± {published[1]} | {headline(test)} | {config['model']} | "
+        lines.append(f"| {cell} | {published_text(published)} | {headline(test)} | {config['model']} | "
                      f"{test['meta_iterations']:,} | "
                      f"{test['train_seconds'] / 60:.1f} min | {results.get('device', '?')} | {reached} | "
                      f"{protocol_notes(cell, config, results, others)} |")
     if not notes:
         return ["|".join(line.split("|")[:-2]) + "|" for line in lines], None
     lines += ["", f"Split: {split}. Test accuracy of the best-validation parameters on "
-              "600 fixed test tasks (unless said), after 3 steps (5-way) or 5 (20-way), 50 Adam steps for Reptile; "
+              "600 fixed test tasks (unless said), after 3 steps (5-way) or 5 (20-way), 50 Adam steps for Reptile, "
+              "1 step of its learned sizes for Meta-SGD, one pass for Prototypical Networks; "
               "batch norm transductive as in the paper's code; test classes not rotated (the official "
               "code rotates them) unless a note says so. Training time includes validation, not the test-curve "
               "points. Extrapolated: a power law fitted to the test error of the second half of the test curve, "
@@ -312,9 +329,10 @@ def replace_readme_block(path, lines):
 def plot_curves(runs, path):
     """One panel per cell: validation and test accuracy (95% band) against
     iterations, training minutes on the top axis, the published number and its
-    CI as a line and band; then MAML, FOMAML and Reptile at 5-way 1-shot against
+    CI as a line and band; then the algorithms at 5-way 1-shot against
     the same minutes, when two or more of them ran. Three panels a row."""
-    algorithms = [c for c in ("maml-5w1s", "fomaml-5w1s", "reptile-5w1s") if c in runs]
+    algorithms = [c for c in ("maml-5w1s", "fomaml-5w1s", "reptile-5w1s", "metasgd-5w1s", "protonet-5w1s")
+                  if c in runs]
     panels = len(runs) + (len(algorithms) > 1)
     columns = min(3, panels)
     rows_of_panels = math.ceil(panels / columns)
@@ -325,7 +343,8 @@ def plot_curves(runs, path):
         for accuracy, name in (("validation_accuracy", "validation (200 tasks)"), ("test_accuracy", "test")):
             curve_line(ax, rows, "iteration", 1, accuracy, name)
         ax.axhline(published[0], color="black", linestyle="--", label=f"published {published[0]}")
-        ax.axhspan(published[0] - published[1], published[0] + published[1], color="black", alpha=0.1)
+        if published[1] is not None:
+            ax.axhspan(published[0] - published[1], published[0] + published[1], color="black", alpha=0.1)
         lowest = min([100 * r[a] for r in rows for a in ("validation_accuracy", "test_accuracy")
                       if finite(r[a])], default=100)
         ax.set(xlabel="meta-iteration", ylabel="accuracy (%)", title=f"{cell}, {results['device'].split(',')[0]}",

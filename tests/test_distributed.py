@@ -1,5 +1,6 @@
 """Tasks spread over processes with torch.distributed: gloo on this CPU, started
 by torchrun (python -m torch.distributed.run) or torch.multiprocessing."""
+import functools
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import torch.multiprocessing as mp
 
 import distributed
 import meta_learning
+import models
 from test_meta_learning import PROBLEMS, relative_error
 from conftest import load_file, metrics_rows
 
@@ -80,10 +82,22 @@ def _gradient_worker(rank, world_size, port, problem, algorithm, path):
 
 
 def spread_update(problem, algorithm, rank, world_size):
-    """The meta-gradient (MAML) or the meta-update (Reptile) of 5 tasks, computed
-    by this process on its share of them and summed over processes."""
+    """The meta-gradient (MAML) or the meta-update (Reptile; Meta-SGD, Prototypical Networks
+    and the CNP through their meta_update, an SGD step of 1) of a meta-batch, computed by
+    this process on its share of the tasks and summed over processes."""
     forward, loss_fn, params, support, query, lr = PROBLEMS[problem](torch.Generator().manual_seed(5))
     n_tasks = support[0].shape[0]
+    if algorithm in ("metasgd", "protonet", "cnp"):
+        classes = problem == "cnn"
+        learner = meta_learning.Learner(
+            forward, loss_fn, meta_batch_size=n_tasks, meta_iterations=10, inner_steps=2, inner_lr=lr,
+            features=models.cnn_features if classes else models.mlp_features, n_classes=3 if classes else None,
+            sum_across=functools.partial(distributed.sum_across, world_size=world_size))
+        params = meta_learning.ALGORITHMS[algorithm].parameters(learner, params, torch.Generator().manual_seed(6))
+        meta_learning.ALGORITHMS[algorithm].meta_update(
+            learner, params, torch.optim.SGD(params, lr=1.0), distributed.take_share(support, rank, world_size),
+            distributed.take_share(query, rank, world_size), iteration=0)
+        return [p.detach() for p in params]
     if algorithm == "reptile":
         tasks = distributed.take_share([torch.cat([s, q], 1) for s, q in zip(support, query)], rank, world_size)
         params = [p.detach().clone() for p in params]
@@ -97,7 +111,8 @@ def spread_update(problem, algorithm, rank, world_size):
     return distributed.sum_across([p.grad for p in params], world_size)
 
 
-@pytest.mark.parametrize("problem, algorithm", [("mlp", "maml"), ("cnn", "maml"), ("mlp", "reptile")])
+@pytest.mark.parametrize("problem, algorithm", [("mlp", "maml"), ("cnn", "maml"), ("mlp", "reptile"), ("cnn", "metasgd"),
+                                               ("cnn", "protonet"), ("cnn", "cnp"), ("mlp", "cnp")])
 def test_two_processes_give_the_meta_gradient_of_one(tmp_path, problem, algorithm):
     torch.set_default_dtype(torch.float64)
     try:

@@ -388,7 +388,8 @@ def cnp_problem(kind, generator):
         y = torch.arange(3).repeat(4).expand(2, -1)
         learner = classification_learner(models.cnn, F.cross_entropy, None, n_classes=3)
     else:
-        network = [p.requires_grad_() for p in models.init_mlp([1, 40, 40, 1], generator=generator, dtype=torch.float64)]
+        network = [p.requires_grad_() for p in models.init_mlp([1, 40, 40, 1], generator=generator,
+                                                                dtype=torch.float64)]
         x = torch.rand(2, 12, 1, generator=generator) * 10 - 5
         y = torch.sin(x)
         learner = meta_learning.Learner(models.mlp, mse, meta_batch_size=4, meta_iterations=10,

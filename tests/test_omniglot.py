@@ -309,19 +309,27 @@ def test_script_trains_and_evaluates_on_synthetic_data(synthetic_dir, tmp_path):
     assert os.path.getsize(out / "test_accuracy-rotate_test_classes=True-test_tasks=10-test_steps=4.png") > 0
 
 
+# Settings an algorithm needs on the synthetic data (36 training classes, 20 drawers).
+SYNTHETIC_SETTINGS = {"reptile": ["--reptile-train-shots", "4"], "protonet": ["--train-way", "6", "--train-queries", "2"]}
+
+
 @pytest.mark.parametrize("algorithm", meta_learning.ALGORITHMS)
 def test_every_algorithm_gives_the_same_outputs_and_adapts_at_test_as_it_trains(synthetic_dir, tmp_path, monkeypatch,
                                                                                 algorithm):
-    evaluate, head_only = meta_learning.evaluate_adaptation, []
+    evaluate, head_only = meta_learning.evaluate, []
 
     def recorded(*args, **kwargs):
         head_only.append(kwargs.get("adapted") == meta_learning.inner_loop_mask(len(args[3]), head_only=True))
         return evaluate(*args, **kwargs)
-    monkeypatch.setattr(meta_learning, "evaluate_adaptation", recorded)
+    monkeypatch.setattr(meta_learning, "evaluate", recorded)
     out = tmp_path / algorithm
-    results = omniglot_maml.main([*QUICK, "--n-way", "2", "--algorithm", algorithm, "--reptile-train-shots", "4",
+    results = omniglot_maml.main([*QUICK, "--n-way", "2", "--algorithm", algorithm, *SYNTHETIC_SETTINGS.get(algorithm, []),
                                   "--data-dir", str(synthetic_dir), "--out-dir", str(out)])
     assert set(head_only) == {algorithm == "anil"}  # ANIL adapts only the final layer, at test too
+    steps = meta_learning.ALGORITHMS[algorithm].steps
+    assert len(results["test"]["accuracy"]["mean"]) == (11 if algorithm != "reptile" else 51) if steps else 1
+    assert results["test"]["headline_step"] == (0 if not steps else 1 if algorithm == "metasgd" else
+                                                50 if algorithm == "reptile" else 3)
     assert set(results["test"]) == {"accuracy", "headline_step", "tasks", "split", "rotate_test_classes",
                                     "best_iteration", "best_validation_accuracy", "meta_iterations", "train_seconds"}
     for name in ("config.json", "metrics.csv", "checkpoint.pt", "best.pt", "results.json",
@@ -333,10 +341,10 @@ def test_every_algorithm_gives_the_same_outputs_and_adapts_at_test_as_it_trains(
     assert all(0 <= float(row["train_accuracy"]) <= 1 for row in rows)
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+@pytest.mark.parametrize("algorithm", ["maml", "reptile", "metasgd", "protonet", "cnp"])
 def test_killed_and_resumed_run_equals_uninterrupted_run(synthetic_dir, tmp_path, monkeypatch, algorithm):
-    args = [*QUICK, "--meta-iterations", "6", "--n-way", "2", "--algorithm", algorithm,
-            "--reptile-train-shots", "4", "--data-dir", str(synthetic_dir)]
+    args = [*QUICK, "--meta-iterations", "6", "--n-way", "2", "--algorithm", algorithm, *SYNTHETIC_SETTINGS.get(algorithm, []),
+            "--meta-lr-halving", "3", "--data-dir", str(synthetic_dir)]
     straight = omniglot_maml.main([*args, "--out-dir", str(tmp_path / "straight")])
 
     sample = omniglot_data.TaskSampler.sample
@@ -426,6 +434,12 @@ def test_a_finished_run_continues_with_more_iterations_or_minutes(synthetic_dir,
     (["--n-way", "five"], "invalid int value"),
     (["--train-minutes", "-1"], "--train-minutes must be 0 (no limit) or positive"),
     (["--eval-only"], "no checkpoint at"),
+    (["--algorithm", "protonet", "--inner-lr", "0.1"], "--inner-lr does not apply to protonet, which predicts in one"),
+    (["--algorithm", "cnp", "--test-steps", "3"], "--test-steps does not apply to cnp"),
+    (["--train-way", "3"], "--train-way 3 differs from --n-way 5: maml's network has one output per class"),
+    (["--algorithm", "protonet", "--n-way", "2", "--train-way", "40"],
+     "--train-way 40 exceeds the 36 classes of the background split's train set"),
+    (["--algorithm", "protonet", "--n-way", "2", "--k-shot", "5", "--train-queries", "16"], "needs 21 drawers"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(synthetic_dir, tmp_path, capsys, args, message):
     # Background split of the synthetic data: 1 validation alphabet of 3 characters.
