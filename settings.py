@@ -126,11 +126,19 @@ def answer_help(script, description, argv):
         return
     with open(script) as f:
         tree = ast.parse(f.read())
-    found = {}
+    found = {}  # the module's top-level values made of literals, dict(...) and the values before them
     for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in ("CONFIG", "PAPER_DEFAULTS"):
-            found[node.targets[0].id] = eval(compile(ast.Expression(node.value), script, "eval"),
-                                             {"__builtins__": {}, "dict": dict})  # literals and dict(...) only
+        if isinstance(node, ast.Assign):
+            try:
+                value = eval(compile(ast.Expression(node.value), script, "eval"),
+                             {"__builtins__": {}, "dict": dict, **found})
+            except Exception:  # anything else (an import's function, ...) is not needed here
+                continue
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    found[target.id] = value
+                elif isinstance(target, ast.Tuple) and isinstance(value, tuple) and len(value) == len(target.elts):
+                    found.update({t.id: v for t, v in zip(target.elts, value) if isinstance(t, ast.Name)})
     paper = found.get("PAPER_DEFAULTS", {})
     parse_config(found["CONFIG"], argv, description, types=paper_types(paper), comments=config_comments(script),
                  none_means=paper_values(paper))

@@ -112,3 +112,30 @@ def test_runs_whose_folders_share_a_name_are_each_a_row_told_apart(tmp_path):
     rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| maml")]
     assert rows == ["| maml (mine/maml-k10-seed0 (1))", "| maml (docs/maml-k10-seed0)",
                     "| maml (mine/maml-k10-seed0 (2))"]
+
+
+def fake_omniglot_run(folder, algorithm, accuracy, curve):
+    """A finished run with a test curve: curve is [(train_seconds, test accuracy)]."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"algorithm": algorithm, "n_way": 5, "k_shot": 1}))
+    (folder / "results.json").write_text(json.dumps({"test": {
+        "accuracy": accuracy, "headline_step": len(accuracy["mean"]) // 2, "split": "paper", "meta_iterations": 10,
+        "train_seconds": curve[-1][0]}}))
+    lines = ["iteration,train_seconds,train_loss,train_accuracy,validation_accuracy,test_accuracy,test_ci95"]
+    lines += [f"{10 * (i + 1)},{seconds},1.0,0.5,,{value},0.01" for i, (seconds, value) in enumerate(curve)]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_runs_at_equal_training_time_and_one_pass_algorithms(tmp_path):
+    fake_omniglot_run(tmp_path / "maml", "maml", {"mean": [0.2, 0.9, 0.95], "ci95": [0.01] * 3},
+                      [(60, 0.8), (300, 0.9), (600, 0.95)])
+    fake_omniglot_run(tmp_path / "protonet", "protonet", {"mean": [0.97], "ci95": [0.01]}, [(120, 0.96), (240, 0.97)])
+    result = compare(tmp_path / "maml", tmp_path / "protonet", "--minutes", "1,5,10", "--figure", tmp_path / "fig.png")
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()
+    assert "| protonet | protonet | cnn | paper | 5-way 1-shot | 10 | 4.0 min | 97.00 ± 1.00% | one pass |" in rows
+    assert "| maml | 80.00 ± 1.00 | 90.00 ± 1.00 | 95.00 ± 1.00 |" in rows
+    assert "| protonet | - | 97.00 ± 1.00 | 97.00 ± 1.00 |" in rows  # the last point at or before 5 min
+    assert (tmp_path / "fig.png").stat().st_size > 0
+    refused = compare(tmp_path / "maml", "--minutes", "ten")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--minutes must be" in refused.stderr

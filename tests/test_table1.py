@@ -111,6 +111,8 @@ def test_first_point_within_the_published_interval():
             [(1, 0.90), (2, None), (3, 0.983), (4, 0.99)]]
     assert table1.first_within(rows, (98.7, 0.4)) == (3, 3.0)
     assert table1.first_within(rows, (99.9, 0.1)) is None
+    assert table1.first_within(rows, (98.8, None)) == (4, 4.0)  # no published CI: the number itself
+    assert table1.published_text((98.8, None)) == "98.8 (no CI given)"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
