@@ -66,8 +66,8 @@ CONFIG = dict(
 WAYS_SHOTS = {"5w1s": (5, 1), "5w5s": (5, 5), "20w1s": (20, 1), "20w5s": (20, 5)}
 # Published test accuracy (%) and its 95% CI: MAML, "no conv" and first-order MAML from
 # Finn et al. Table 1; Reptile with transduction from Nichol et al. 2018, Table 1; Meta-SGD
-# from Li et al. 2017, Table 1 (5-way); Prototypical Networks from Snell et al. 2017,
-# Table 1, which gives no interval (None).
+# from Li et al. 2017 (its Omniglot table, 5-way); Prototypical Networks from Snell et al.
+# 2017 (its Omniglot table), which gives no interval (None).
 PUBLISHED = {
     "maml": ((98.7, 0.4), (99.9, 0.1), (95.8, 0.3), (98.9, 0.2)),
     "fomaml": ((98.3, 0.5), (99.2, 0.2), (89.4, 0.5), (97.9, 0.1)),
