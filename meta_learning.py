@@ -367,7 +367,7 @@ def reptile(learner, params, optimizer, support, query, iteration):
 # the same shapes, one inner step size per entry, meta-learned with them by MAML's
 # second-order meta-gradient. They start at the learner's inner_lr: Meta-SGD starts as MAML.
 def metasgd_parameters(learner, network, generator):
-    return network + [torch.full_like(p, learner.inner_lr).detach().requires_grad_() for p in network]
+    return network + [torch.full_like(p, learner.inner_lr).requires_grad_() for p in network]
 
 
 def metasgd(learner, params, optimizer, support, query, iteration):
@@ -382,7 +382,7 @@ def metasgd_steps(learner, params, support_x, support_y, query_x, steps, lr=None
                           **adaptation)
 
 
-def _one_pass_update(task_output, task_loss):
+def one_pass_update(task_output, task_loss):
     """The meta-update of an algorithm that predicts a task's query set in one pass:
     an optimizer step on the mean query loss over the meta-batch, its tasks vmapped."""
     def meta_update(learner, params, optimizer, support, query, iteration):
@@ -399,23 +399,23 @@ def _one_pass_update(task_output, task_loss):
     return meta_update
 
 
-def _task_features(learner, body, support_x, query_x):
+def task_features(learner, body, support_x, query_x):
     """The support and query examples' features, from one pass of the network's body
     over both (its batch norm sees the task's images together, as MAML's sees a set)."""
     features = learner.features(body, torch.cat([support_x, query_x]))
     return features[:len(support_x)], features[len(support_x):]
 
 
-def class_members(labels, n_classes):
+def class_members(labels, n_classes, dtype):
     """(n_classes, examples): 1 where the example is of the class, else 0."""
-    return (labels == torch.arange(n_classes, device=labels.device)[:, None]).to(torch.get_default_dtype())
+    return (labels == torch.arange(n_classes, device=labels.device)[:, None]).to(dtype)
 
 
 # Prototypical Networks (Snell et al. 2017): the network without its output layer embeds
 # the images; a class's prototype is the mean embedding of its support images, and a
 # query's logits are minus its squared Euclidean distances to the prototypes.
 def prototype_logits(support_features, support_y, query_features, n_classes):
-    members = class_members(support_y, n_classes).to(support_features.dtype)
+    members = class_members(support_y, n_classes, support_features.dtype)
     prototypes = members @ support_features / members.sum(dim=1, keepdim=True)
     return -(query_features[:, None, :] - prototypes[None]).pow(2).sum(dim=-1)
 
@@ -425,7 +425,7 @@ def protonet_parameters(learner, network, generator):
 
 
 def protonet_logits(learner, body, support_x, support_y, query_x, n_classes):
-    support_features, query_features = _task_features(learner, body, support_x, query_x)
+    support_features, query_features = task_features(learner, body, support_x, query_x)
     return prototype_logits(support_features, support_y, query_features, n_classes)
 
 
@@ -459,9 +459,9 @@ def cnp_parameters(learner, network, generator):
 def cnp_output(learner, params, support_x, support_y, query_x, n_classes):
     """Logits (query, classes), or the Gaussian's mean and raw std (query, 2)."""
     body, head = params[:-CNP_PARAMS], params[-CNP_PARAMS:]
-    support_features, query_features = _task_features(learner, body, support_x, query_x)
-    if n_classes:
-        groups = class_members(support_y, n_classes).to(support_features.dtype)
+    support_features, query_features = task_features(learner, body, support_x, query_x)
+    if n_classes:  # no y to encode: the class is the group an example's encoding is averaged in
+        groups = class_members(support_y, n_classes, support_features.dtype)
         return models.cnp(head, support_features, support_features[:, :0], query_features, groups)[..., 0]
     return models.cnp(head, support_features, support_y, query_features)[:, 0]
 
@@ -499,9 +499,9 @@ ALGORITHMS = {
     "anil": Algorithm(anil, head_only=True),
     "reptile": Algorithm(reptile, anneals=True),
     "metasgd": Algorithm(metasgd, metasgd_steps, metasgd_parameters),
-    "protonet": Algorithm(_one_pass_update(protonet_logits, classification_loss), predicted_once(protonet_logits),
+    "protonet": Algorithm(one_pass_update(protonet_logits, classification_loss), predicted_once(protonet_logits),
                           protonet_parameters, steps=False, regression=False, any_way=True),
-    "cnp": Algorithm(_one_pass_update(cnp_output, cnp_loss), predicted_once(cnp_output, cnp_point),
+    "cnp": Algorithm(one_pass_update(cnp_output, cnp_loss), predicted_once(cnp_output, cnp_point),
                      cnp_parameters, steps=False),
 }
 

@@ -332,17 +332,21 @@ def main(argv=None):
 
 
 def plot_training(rows, train_steps, test_steps, path):
+    """Training loss and accuracy, and validation accuracy, against iterations; the steps
+    are None and 0 for an algorithm that predicts in one pass."""
+    after_train = f"after {train_steps} step(s)" if train_steps else "one pass"
+    after_test = f"after {test_steps} steps" if test_steps else "one pass"
     fig, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
     iterations = [r["iteration"] for r in rows]
     loss_ax.plot(iterations, [r["train_loss"] for r in rows])
-    loss_ax.set(xlabel="meta-iteration", ylabel=f"query loss after {train_steps} step(s)",
+    loss_ax.set(xlabel="meta-iteration", ylabel=f"query loss, {after_train}",
                 title="meta-training tasks (mean per metrics row)")
     reports.log_scale_if_possible(loss_ax)
     accuracy_ax.plot(iterations, [100 * r["train_accuracy"] for r in rows],
-                     label=f"meta-training tasks, after {train_steps} step(s)")
+                     label=f"meta-training tasks, {after_train}")
     validated = [r for r in rows if r["validation_accuracy"] == r["validation_accuracy"]]  # not NaN
     accuracy_ax.plot([r["iteration"] for r in validated], [100 * r["validation_accuracy"] for r in validated],
-                     marker="o", label=f"validation tasks, after {test_steps} steps")
+                     marker="o", label=f"validation tasks, {after_test}")
     accuracy_ax.set(xlabel="meta-iteration", ylabel="query accuracy (%)")
     accuracy_ax.legend()
     files.save_figure(fig, path)
@@ -353,7 +357,10 @@ def plot_test_accuracy(test, title, path):
     reports.plot_with_ci(ax, *reports.percent(test["accuracy"]),
                          f"mean, 95% CI over {test['tasks']} test tasks (band)")
     s = test["headline_step"]
-    ax.axvline(s, color="grey", linestyle=":", label=f"headline: {s} steps")
+    if len(test["accuracy"]["mean"]) > 1:
+        ax.axvline(s, color="grey", linestyle=":", label=f"headline: {s} steps")
+    else:
+        title += " (one pass)"
     ax.set(xlabel="adaptation steps", ylabel="query accuracy (%)", title=title)
     ax.legend()
     files.save_figure(fig, path)
