@@ -128,10 +128,11 @@ def test_curve(run_dir):
     return [r for r in rows if "test_accuracy" in r and r["test_accuracy"] == r["test_accuracy"]]  # not NaN
 
 
-def at_minutes(points, minutes):
-    """The accuracy cell of the last test-curve point at or before `minutes` of training."""
+def at_minutes(points, minutes, trained_seconds):
+    """The accuracy cell of the last test-curve point at or before `minutes` of training;
+    "-" before the first point, or past the run's training time (trained_seconds, 1% spare)."""
     before = [p for p in points if p["train_seconds"] <= 60 * minutes]
-    if not before:
+    if not before or trained_seconds < 0.99 * 60 * minutes:
         return "-"
     return f"{100 * before[-1]['test_accuracy']:.2f} ± {100 * before[-1]['test_ci95']:.2f}"
 
@@ -152,8 +153,9 @@ def omniglot(runs, figure, run_dirs, minutes):
         print("\ntest accuracy (%) of the current parameters at equal training time (the last test-curve point "
               "at or before it; 95% CI over the test tasks):\n")
         print("| run | " + " | ".join(f"{m:g} min" for m in minutes) + " |\n|---|" + "---|" * len(minutes))
-        for ((_, _), name), points in zip(runs, curves):
-            print(f"| {name} | " + " | ".join(at_minutes(points, m) for m in minutes) + " |")
+        for ((results, _), name), points in zip(runs, curves):
+            print(f"| {name} | " + " | ".join(at_minutes(points, m, results["test"]["train_seconds"])
+                                               for m in minutes) + " |")
     if figure:
         logs = [os.path.join(run_dir, "metrics.csv") for run_dir in run_dirs]
         histories = all(os.path.exists(log) for log in logs)  # training and validation against iterations too

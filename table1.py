@@ -78,6 +78,7 @@ PUBLISHED = {
 }
 CELLS = {f"{family}-{config}": (family, config, published)
          for family, numbers in PUBLISHED.items() for config, published in zip(WAYS_SHOTS, numbers)}
+EXTRAPOLATION_REACH = 100  # no estimate beyond 100x the iterations a curve has
 TEST_MINUTES = 1.0  # kept free under --total-minutes for a run's start and final test
 ROOT = os.path.dirname(os.path.abspath(__file__))
 README_MARKERS = ("<!-- table1: written by table1.py --report -->", "<!-- table1 end -->")
@@ -205,7 +206,8 @@ def finite(value):
 def extrapolated(rows, published):
     """(iterations, minutes) at which a power law in iterations fitted to the test error
     of the second half of the test curve reaches the published CI's lower end; None
-    when there are fewer than 3 such points or the error hardly falls."""
+    when there are fewer than 3 such points, the error hardly falls, or the fit reaches
+    the published number only beyond EXTRAPOLATION_REACH times the iterations tested."""
     tested = [r for r in rows if finite(r["test_accuracy"])]
     late = tested[len(tested) // 2:]
     if len(late) < 3:
@@ -215,6 +217,8 @@ def extrapolated(rows, published):
     if slope > -0.01:  # an error that falls by under 5% over 100x the iterations: no estimate
         return None
     iterations = math.exp((math.log(100 - lower_end(published)) - intercept) / slope)
+    if iterations > EXTRAPOLATION_REACH * late[-1]["iteration"]:
+        return None
     return iterations, iterations * late[-1]["train_seconds"] / late[-1]["iteration"] / 60
 
 
@@ -230,7 +234,8 @@ def protocol_notes(cell, config, results, others):
     paper_defaults = omniglot_maml.PAPER_DEFAULTS
     paper = paper_defaults.get((family, config["n_way"]), paper_defaults[("maml", config["n_way"])])
     trained, planned = results["test"]["meta_iterations"], config["meta_iterations"]
-    notes = [f"{trained:,} of the paper's {paper['meta_iterations']:,} iterations"] \
+    whose = "its default" if family == "protonet" else "the paper's"  # Snell et al. give no episode count
+    notes = [f"{trained:,} of {whose} {paper['meta_iterations']:,} iterations"] \
         if trained < paper["meta_iterations"] else []
     if family == "reptile":
         notes.append("fresh Adam state per task (Reptile's code keeps one)")

@@ -138,12 +138,16 @@ def test_runs_at_equal_training_time_and_one_pass_algorithms(tmp_path):
     fake_omniglot_run(tmp_path / "maml", "maml", {"mean": [0.2, 0.9, 0.95], "ci95": [0.01] * 3},
                       [(60, 0.8), (300, 0.9), (600, 0.95)])
     fake_omniglot_run(tmp_path / "protonet", "protonet", {"mean": [0.97], "ci95": [0.01]}, [(120, 0.96), (240, 0.97)])
-    result = compare(tmp_path / "maml", tmp_path / "protonet", "--minutes", "1,5,10", "--figure", tmp_path / "fig.png")
+    fake_omniglot_run(tmp_path / "cnp", "cnp", {"mean": [0.97], "ci95": [0.01]},
+                      [(120, 0.96), (290, 0.97), (600, 0.98)])
+    result = compare(tmp_path / "maml", tmp_path / "protonet", tmp_path / "cnp", "--minutes", "1,5,10",
+                     "--figure", tmp_path / "fig.png")
     assert result.returncode == 0, result.stderr
     rows = result.stdout.splitlines()
     assert "| protonet | protonet | cnn | paper | 5-way 1-shot | 10 | 4.0 min | 97.00 ± 1.00% | one pass |" in rows
     assert "| maml | 80.00 ± 1.00 | 90.00 ± 1.00 | 95.00 ± 1.00 |" in rows
-    assert "| protonet | - | 97.00 ± 1.00 | 97.00 ± 1.00 |" in rows  # the last point at or before 5 min
+    assert "| protonet | - | - | - |" in rows  # trained 4 minutes
+    assert "| cnp | - | 97.00 ± 1.00 | 98.00 ± 1.00 |" in rows  # the last point at or before each time
     assert (tmp_path / "fig.png").stat().st_size > 0
     refused = compare(tmp_path / "maml", "--minutes", "ten")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--minutes must be" in refused.stderr

@@ -482,10 +482,12 @@ def test_real_data_smoke_run(real_data_dir, tmp_path, model, split):
 
 @pytest.mark.parametrize("model", omniglot_maml.MODELS)
 def test_every_network_classifies_and_its_inner_loop_adapts_what_it_says(model):
-    params, forward, mask = omniglot_maml.build_network(model, 5, torch.Generator().manual_seed(0), torch.device("cpu"))
+    params, forward, features, mask = omniglot_maml.build_network(model, 5, torch.Generator().manual_seed(0),
+                                                                  torch.device("cpu"))
     net = omniglot_maml.MODELS[model]
     images, labels = torch.rand(10, 1, 28, 28), torch.arange(5).repeat(2)
     assert forward(params, images).shape == (10, 5)
+    assert features(params[:-2], images).shape == (10, params[-2].shape[1])  # what the output layer reads
     adapted = meta_learning.adapt(forward, F.cross_entropy, params, images, labels, 1, 0.4, adapted=mask)[-1]
     mask = mask or (True,) * len(params)
     assert len(mask) == len(params)

@@ -157,6 +157,8 @@ def test_extrapolation_follows_a_power_law_curve_to_the_published_interval():
     assert iterations == pytest.approx(100 / 0.17 ** 2) and minutes == pytest.approx(0.5 * iterations / 60)
     assert table1.extrapolated([{**r, "test_accuracy": 0.5} for r in rows], (98.7, 0.4)) is None  # flat
     assert table1.extrapolated(rows[:2], (98.7, 0.4)) is None  # too few points
+    slow = [{**r, "test_accuracy": 1 - 0.1 * (r["iteration"] / 100) ** -0.05} for r in rows]
+    assert table1.extrapolated(slow, (98.7, 0.4)) is None  # 1e20 iterations: beyond any fit's reach
 
 
 @pytest.mark.parametrize("args, message", [

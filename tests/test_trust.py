@@ -405,7 +405,7 @@ def strict_json(path):
 
 
 def test_diverged_test_tasks_are_counted_reported_and_plotted(tmp_path, monkeypatch, capsys):
-    evaluate = meta_learning.evaluate_adaptation
+    evaluate = meta_learning.evaluate_predictions  # every evaluation goes through it
 
     def diverging_on_some_tasks(*args, **kwargs):
         per_task = evaluate(*args, **kwargs)
@@ -414,7 +414,7 @@ def test_diverged_test_tasks_are_counted_reported_and_plotted(tmp_path, monkeypa
             per_task[3, 1:] = float("nan")
         return per_task
 
-    monkeypatch.setattr(meta_learning, "evaluate_adaptation", diverging_on_some_tasks)
+    monkeypatch.setattr(meta_learning, "evaluate_predictions", diverging_on_some_tasks)
     sinusoid_maml.main([*SINE_QUICK, "--eval-steps", "5", "--out-dir", str(tmp_path)])
     mse = strict_json(tmp_path / "results.json")["mse"]
     assert mse["maml"]["5"]["diverged"] == [0, 1, 4, 4, 4, 4]
@@ -428,13 +428,13 @@ def test_diverged_test_tasks_are_counted_reported_and_plotted(tmp_path, monkeypa
 
 
 def test_all_tasks_diverged_still_gives_strict_json_and_plots(tmp_path, monkeypatch):
-    evaluate = meta_learning.evaluate_adaptation
+    evaluate = meta_learning.evaluate_predictions
 
     def all_diverged(*args, **kwargs):
         per_task = evaluate(*args, **kwargs)
         return torch.full_like(per_task, float("nan")) if per_task.shape == (10, 3) else per_task
 
-    monkeypatch.setattr(meta_learning, "evaluate_adaptation", all_diverged)
+    monkeypatch.setattr(meta_learning, "evaluate_predictions", all_diverged)
     sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)])
     assert strict_json(tmp_path / "results.json")["mse"]["pretrained"]["5"]["mean"] == [None, None, None]
     assert (tmp_path / "mse_vs_steps.png").stat().st_size > 0
@@ -459,12 +459,12 @@ def test_diverging_omniglot_training_stops_in_one_line(synthetic, tmp_path, caps
 
 def test_a_validation_that_diverged_on_every_task_stops_the_run_in_one_line(synthetic, tmp_path, capsys,
                                                                              monkeypatch):
-    evaluate = meta_learning.evaluate_adaptation
+    evaluate = meta_learning.evaluate_predictions
 
-    def every_validation_task_diverged(*args, progress=None, **kwargs):
-        per_task = evaluate(*args, progress=progress, **kwargs)
+    def every_validation_task_diverged(predict, metric_fn, support, query, chunk_size=None, progress=None):
+        per_task = evaluate(predict, metric_fn, support, query, chunk_size, progress)
         return torch.full_like(per_task, float("nan")) if "validation" in (progress or "") else per_task
-    monkeypatch.setattr(meta_learning, "evaluate_adaptation", every_validation_task_diverged)
+    monkeypatch.setattr(meta_learning, "evaluate_predictions", every_validation_task_diverged)
     err = one_line_exit(capsys, lambda: omniglot_maml.main(
         [*QUICK, "--n-way", "2", "--data-dir", str(synthetic), "--out-dir", str(tmp_path)]), code=1)
     assert "training diverged: the adaptation diverged on every validation task at iteration 2; stopped, " \
@@ -507,15 +507,18 @@ def test_help_shows_each_flag_with_its_comment_and_default(script, capsys):
     assert exit_info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert ("--algorithm STR maml (second order) | fomaml (first order) | anil (MAML, only the final layer adapts) | "
-            "reptile (default: 'maml')") in out
+            "reptile | metasgd (MAML with learned inner step sizes) |") in out
     assert "--resume [BOOL] continue the run in out_dir from its checkpoint (default: False)" in out
     if script is omniglot_maml:
         assert "taken as inner_lr x N on the mean cross-entropy" in out
         assert ("--meta-iterations INT meta-updates; a run may be continued to more (not Reptile's: annealed over "
                 "them) (default: the paper's: maml 5-way 60,000, 20-way 60,000; reptile 5-way 100,000, "
-                "20-way 200,000)") in out
-        assert ("Meta-training (None: the paper's value for the N-way and the algorithm's family, maml for maml, "
-                "fomaml and anil, or reptile: PAPER_DEFAULTS below): --meta-lr") in out
+                "20-way 200,000; metasgd 5-way 60,000, 20-way 60,000; protonet 5-way 20,000, 20-way 20,000; "
+                "cnp 5-way 60,000, 20-way 60,000)") in out
+        assert ("Meta-training (None: the paper's value for the N-way and the algorithm, PAPER_DEFAULTS below; "
+                "fomaml and anil take maml's): --meta-lr") in out
+        assert "protonet (distances to class prototypes) | cnp (a network reads the support set) (default: 'maml')" \
+            in out
     else:  # a section's comment heads its flags, glued to none of them
         assert ("Reptile: inner steps on all 2K points, then theta += eps * (phi - theta); tested as it trains: "
                 "--reptile-inner-optimizer STR adam (beta1 = 0, as the Reptile paper) | sgd (default: 'adam')") in out
