@@ -121,11 +121,9 @@ def sinusoid(runs, figure):
         save(fig, figure)
 
 
-def test_curve(run_dir):
-    """The test-curve points of a run's metrics.csv (--test-every), [] if it has none."""
-    log = os.path.join(run_dir, "metrics.csv")
-    rows = files.read_metrics(log) if os.path.exists(log) else []
-    return [r for r in rows if "test_accuracy" in r and r["test_accuracy"] == r["test_accuracy"]]  # not NaN
+def test_curve(rows):
+    """The test-curve points of a run's metrics.csv rows (--test-every), [] if it has none."""
+    return [r for r in rows or [] if "test_accuracy" in r and r["test_accuracy"] == r["test_accuracy"]]  # not NaN
 
 
 def at_minutes(points, minutes, trained_seconds):
@@ -148,7 +146,9 @@ def omniglot(runs, figure, run_dirs, minutes):
               f"{config['n_way']}-way {config['k_shot']}-shot | {test['meta_iterations']} | "
               f"{test['train_seconds'] / 60:.1f} min | {mean[s]:.2f} ± {ci[s]:.2f}% | "
               f"{s if len(mean) > 1 else 'one pass'} |")
-    curves = [test_curve(run_dir) for run_dir in run_dirs]
+    logs = [os.path.join(run_dir, "metrics.csv") for run_dir in run_dirs]
+    histories = [files.read_metrics(log) if os.path.exists(log) else None for log in logs]
+    curves = [test_curve(rows) for rows in histories]
     if minutes:
         print("\ntest accuracy (%) of the current parameters at equal training time (the last test-curve point "
               "at or before it; 95% CI over the test tasks):\n")
@@ -157,10 +157,9 @@ def omniglot(runs, figure, run_dirs, minutes):
             print(f"| {name} | " + " | ".join(at_minutes(points, m, results["test"]["train_seconds"])
                                                for m in minutes) + " |")
     if figure:
-        logs = [os.path.join(run_dir, "metrics.csv") for run_dir in run_dirs]
-        histories = all(os.path.exists(log) for log in logs)  # training and validation against iterations too
+        every_history = all(rows is not None for rows in histories)  # training and validation against iterations
         timed = any(curves)  # test accuracy against training minutes
-        panels = 1 + 2 * histories + timed
+        panels = 1 + 2 * every_history + timed
         fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
         styles = list(itertools.islice(itertools.cycle(reports.LINE_STYLES), len(runs)))
         span = max(len(results["test"]["accuracy"]["mean"]) for (results, _), _ in runs)
@@ -172,18 +171,12 @@ def omniglot(runs, figure, run_dirs, minutes):
         if timed:
             ax = axes[0, -1]
             for ((_, _), name), style, points in zip(runs, styles, curves):
-                x = [p["train_seconds"] / 60 for p in points]
-                mean = [100 * p["test_accuracy"] for p in points]
-                ci = [100 * p["test_ci95"] for p in points]
-                line, = ax.plot(x, mean, label=name, markersize=4, **style)
-                ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
-                                color=line.get_color(), alpha=0.2)
+                reports.plot_metric_curve(ax, points, "train_seconds", 60, "test_accuracy", name, **style)
             ax.set(xlabel="training time (min)", ylabel="test accuracy (%)",
                    title="test tasks, current parameters, against training time")
             ax.legend()
-        if histories:
-            for ((_, config), name), style, log in zip(runs, styles, logs):
-                rows = files.read_metrics(log)
+        if every_history:
+            for ((_, config), name), style, rows in zip(runs, styles, histories):
                 validated = [r for r in rows if r["validation_accuracy"] == r["validation_accuracy"]]  # not NaN
                 axes[0, 1].plot([r["iteration"] for r in rows], [100 * r["train_accuracy"] for r in rows],
                                 label=name, markevery=8, **style)

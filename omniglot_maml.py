@@ -21,14 +21,10 @@ if __name__ == "__main__":
 import functools  # noqa: E402
 import math  # noqa: E402
 
-import matplotlib  # noqa: E402
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import distributed  # noqa: E402
-import files  # noqa: E402
 import lifecycle  # noqa: E402
 import meta_learning  # noqa: E402
 import models  # noqa: E402
@@ -88,16 +84,9 @@ CONFIG = dict(
     eval_only=False,            # only test the run's best checkpoint; given other --rotate-test-classes,
                                 # --test-tasks or --test-steps, into results-<key>=<value>.json beside the run's
 )
-# Paper settings. MAML (Finn et al. App. A.1): its code's inner loss is the sum over
-# classes of the mean cross-entropy over shots, i.e. N x the mean cross-entropy;
-# we use the mean, so the inner SGD step is inner_lr x N. Reptile (Nichol et al.,
-# their public Omniglot command lines): Adam with beta1 = 0 in the inner loop.
-# Meta-SGD (Li et al. 2017): one inner step in training and at test, MAML's other
-# settings; its learned step sizes start at inner_lr x N. Prototypical Networks (Snell
-# et al. 2017, section 3.1): 60-way training episodes of 5 queries per class, Adam 1e-3
-# halved every 2,000 episodes (the paper stops on validation; 20,000 episodes are ours).
-# CNP: MAML's meta-batch and budget (the CNP paper gives no Omniglot training settings).
-# N-ways other than 5 and 20 take the 5-way values below 20, the 20-way ones above.
+# Paper settings, their sources and where ours differ: docs/omniglot.md#paper-settings. The
+# paper's code sums the cross-entropy over the N classes; we take the mean, so the inner
+# SGD step is inner_lr x N. Other N-ways take the 5-way values below 20, the 20-way above.
 MAML_5, MAML_20 = (dict(meta_iterations=60_000, meta_batch_size=32, inner_lr=0.4, inner_steps=1, test_steps=3),
                    dict(meta_iterations=60_000, meta_batch_size=16, inner_lr=0.1, inner_steps=5, test_steps=5))
 PROTONET = dict(meta_iterations=20_000, meta_batch_size=1, test_steps=0, train_way=60, train_queries=5,
@@ -324,46 +313,12 @@ def main(argv=None):
     reports.print_accuracy_by_step(test_accuracy, cfg.test_tasks, cfg.test_steps)
 
     # ---- plots --------------------------------------------------------------
-    plot_training(run.metrics_rows(), cfg.inner_steps, cfg.test_steps, run.path("training_curves.png"))
-    plot_test_accuracy(results["test"], f"{cfg.algorithm}, {cfg.n_way}-way {cfg.k_shot}-shot, {cfg.split}",
+    reports.plot_classification_training(run.metrics_rows(), cfg.inner_steps, cfg.test_steps,
+                                         run.path("training_curves.png"))
+    reports.plot_test_accuracy(results["test"], f"{cfg.algorithm}, {cfg.n_way}-way {cfg.k_shot}-shot, {cfg.split}",
                        run.path(run.results_name.replace("results", "test_accuracy") + ".png"))
     print(f"results in {run.dir}" + (f" ({run.results_name}.json)" if run.results_name != "results" else ""))
     return results
-
-
-def plot_training(rows, train_steps, test_steps, path):
-    """Training loss and accuracy, and validation accuracy, against iterations; the steps
-    are None and 0 for an algorithm that predicts in one pass."""
-    after_train = f"after {train_steps} step(s)" if train_steps else "one pass"
-    after_test = f"after {test_steps} steps" if test_steps else "one pass"
-    fig, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
-    iterations = [r["iteration"] for r in rows]
-    loss_ax.plot(iterations, [r["train_loss"] for r in rows])
-    loss_ax.set(xlabel="meta-iteration", ylabel=f"query loss, {after_train}",
-                title="meta-training tasks (mean per metrics row)")
-    reports.log_scale_if_possible(loss_ax)
-    accuracy_ax.plot(iterations, [100 * r["train_accuracy"] for r in rows],
-                     label=f"meta-training tasks, {after_train}")
-    validated = [r for r in rows if r["validation_accuracy"] == r["validation_accuracy"]]  # not NaN
-    accuracy_ax.plot([r["iteration"] for r in validated], [100 * r["validation_accuracy"] for r in validated],
-                     marker="o", label=f"validation tasks, {after_test}")
-    accuracy_ax.set(xlabel="meta-iteration", ylabel="query accuracy (%)")
-    accuracy_ax.legend()
-    files.save_figure(fig, path)
-
-
-def plot_test_accuracy(test, title, path):
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    reports.plot_with_ci(ax, *reports.percent(test["accuracy"]),
-                         f"mean, 95% CI over {test['tasks']} test tasks (band)")
-    s = test["headline_step"]
-    if len(test["accuracy"]["mean"]) > 1:
-        ax.axvline(s, color="grey", linestyle=":", label=f"headline: {s} steps")
-    else:
-        title += " (one pass)"
-    ax.set(xlabel="adaptation steps", ylabel="query accuracy (%)", title=title)
-    ax.legend()
-    files.save_figure(fig, path)
 
 
 if __name__ == "__main__":

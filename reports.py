@@ -2,8 +2,13 @@
 numbers for tables, and plot helpers."""
 import math
 
-import torch
-from matplotlib import ticker
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+
+import files  # noqa: E402
 
 
 def summarize(per_task):
@@ -75,3 +80,52 @@ def print_accuracy_by_step(stats, tasks, headline_step):
         shown = "n/a" if mean is None or ci is None else f"{mean:6.2f} ± {ci:.2f}"
         print(f"  {step:>3} steps: {shown}" + ("  (the headline)" if step == headline_step else "")
               + (f"; diverged on {diverged} of the tasks" if diverged else ""))
+
+
+def plot_classification_training(rows, train_steps, test_steps, path):
+    """Training loss and accuracy, and validation accuracy, against iterations; the steps
+    are None and 0 for an algorithm that predicts in one pass."""
+    after_train = f"after {train_steps} step(s)" if train_steps else "one pass"
+    after_test = f"after {test_steps} steps" if test_steps else "one pass"
+    fig, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
+    iterations = [r["iteration"] for r in rows]
+    loss_ax.plot(iterations, [r["train_loss"] for r in rows])
+    loss_ax.set(xlabel="meta-iteration", ylabel=f"query loss, {after_train}",
+                title="meta-training tasks (mean per metrics row)")
+    log_scale_if_possible(loss_ax)
+    accuracy_ax.plot(iterations, [100 * r["train_accuracy"] for r in rows],
+                     label=f"meta-training tasks, {after_train}")
+    validated = [r for r in rows if r["validation_accuracy"] == r["validation_accuracy"]]  # not NaN
+    accuracy_ax.plot([r["iteration"] for r in validated], [100 * r["validation_accuracy"] for r in validated],
+                     marker="o", label=f"validation tasks, {after_test}")
+    accuracy_ax.set(xlabel="meta-iteration", ylabel="query accuracy (%)")
+    accuracy_ax.legend()
+    files.save_figure(fig, path)
+
+
+def plot_test_accuracy(test, title, path):
+    """Test accuracy after each number of adaptation steps, the headline marked (one point for one pass)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    plot_with_ci(ax, *percent(test["accuracy"]),
+                         f"mean, 95% CI over {test['tasks']} test tasks (band)")
+    s = test["headline_step"]
+    if len(test["accuracy"]["mean"]) > 1:
+        ax.axvline(s, color="grey", linestyle=":", label=f"headline: {s} steps")
+    else:
+        title += " (one pass)"
+    ax.set(xlabel="adaptation steps", ylabel="query accuracy (%)", title=title)
+    ax.legend()
+    files.save_figure(fig, path)
+
+
+def plot_metric_curve(ax, rows, key, scale, accuracy, label, **style):
+    """One accuracy column of metrics.csv rows against iterations or minutes (r[key] / scale),
+    in percent; the test curve with markers and its 95% band."""
+    points = [r for r in rows if math.isfinite(r[accuracy])]
+    x, mean = [r[key] / scale for r in points], [100 * r[accuracy] for r in points]
+    tested = accuracy == "test_accuracy"
+    line, = ax.plot(x, mean, **{"marker": "o" if tested else None, "markersize": 3, **style}, label=label)
+    if tested and points:
+        ci = [100 * r["test_ci95"] for r in points]
+        ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
+                        color=line.get_color(), alpha=0.2)

@@ -43,6 +43,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import omniglot_maml  # noqa: E402
 import files  # noqa: E402
+import reports  # noqa: E402
 import settings  # noqa: E402
 import signals  # noqa: E402
 import utils  # noqa: E402
@@ -346,7 +347,7 @@ def plot_curves(runs, path):
     for ax, (cell, (_, results, rows, _)) in zip(axes, runs.items()):
         published = CELLS[cell][2]
         for accuracy, name in (("validation_accuracy", "validation (200 tasks)"), ("test_accuracy", "test")):
-            curve_line(ax, rows, "iteration", 1, accuracy, name)
+            reports.plot_metric_curve(ax, rows, "iteration", 1, accuracy, name)
         ax.axhline(published[0], color="black", linestyle="--", label=f"published {published[0]}")
         if published[1] is not None:
             ax.axhspan(published[0] - published[1], published[0] + published[1], color="black", alpha=0.1)
@@ -362,7 +363,7 @@ def plot_curves(runs, path):
     if len(algorithms) > 1:
         ax = axes[len(runs)]
         for cell in algorithms:
-            curve_line(ax, runs[cell][2], "train_seconds", 60, "test_accuracy", cell)
+            reports.plot_metric_curve(ax, runs[cell][2], "train_seconds", 60, "test_accuracy", cell)
         ax.set(xlabel="training time (min)", ylabel="test accuracy (%)", title="5-way 1-shot at equal time",
                ylim=(60, 100.5))
         ax.legend(fontsize=8, loc="lower right")
@@ -371,17 +372,6 @@ def plot_curves(runs, path):
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def curve_line(ax, rows, key, scale, accuracy, label):
-    """One accuracy column of metrics.csv against iterations or minutes; the test curve with its 95% band."""
-    points = [r for r in rows if finite(r[accuracy])]
-    x, mean = [r[key] / scale for r in points], [100 * r[accuracy] for r in points]
-    line, = ax.plot(x, mean, marker="o" if accuracy == "test_accuracy" else None, markersize=3, label=label)
-    if accuracy == "test_accuracy" and points:
-        ci = [100 * r["test_ci95"] for r in points]
-        ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
-                        color=line.get_color(), alpha=0.2)
 
 
 def check_inputs(cfg):
