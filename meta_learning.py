@@ -298,7 +298,8 @@ class Learner:
 
     def sum_gradients(self, params):
         """Each .grad summed over processes (each holds its tasks' share of the mean)."""
-        for p, total in zip(params, self.sum_across([p.grad for p in params])):
+        with_gradient = [p for p in params if p.grad is not None]  # unused ones have none in every process
+        for p, total in zip(with_gradient, self.sum_across([p.grad for p in with_gradient])):
             p.grad = total
 
     def step(self, params, optimizer, iteration):
@@ -390,13 +391,20 @@ def one_pass_update(task_output, task_loss):
             output = task_output(learner, p, support_x, support_y, query_x, learner.train_classes or learner.n_classes)
             return task_loss(learner, output, query_y), output
 
-        optimizer.zero_grad()
-        losses, outputs = vmap(one_task, in_dims=(None, 0, 0, 0, 0))(params, *support, *query)
-        loss = losses.sum() / learner.meta_batch_size
-        loss.backward()
-        learner.step(params, optimizer, iteration)
-        return loss.detach(), outputs.detach(), query[1]
+        loss, outputs = one_pass_step(learner, params, optimizer, one_task, params, support, query, iteration)
+        return loss, outputs.detach(), query[1]
     return meta_update
+
+
+def one_pass_step(learner, params, optimizer, one_task, task_params, support, query, iteration):
+    """An optimizer step on the mean over the meta-batch of one_task(task_params, *task)'s
+    first output, a loss, its tasks vmapped; returns that mean (detached) and the other outputs."""
+    optimizer.zero_grad()
+    losses, *outputs = vmap(one_task, in_dims=(None, 0, 0, 0, 0))(task_params, *support, *query)
+    loss = losses.sum() / learner.meta_batch_size
+    loss.backward()
+    learner.step(params, optimizer, iteration)
+    return loss.detach(), *outputs
 
 
 def task_features(learner, body, support_x, query_x):
@@ -427,6 +435,55 @@ def protonet_parameters(learner, network, generator):
 def protonet_logits(learner, body, support_x, support_y, query_x, n_classes):
     support_features, query_features = task_features(learner, body, support_x, query_x)
     return prototype_logits(support_features, support_y, query_features, n_classes)
+
+
+# Prototypical Networks as their paper's code tests them, with batch norm not transductive:
+# in meta-training each layer normalises with its batch's statistics and keeps a running
+# average of them (torch's batch norm: momentum 0.1, unbiased variance); validation and
+# test normalise with that average, so a test task's images do not inform each other's
+# normalisation. The averages ride at the end of the meta-parameters, without gradients
+# (the optimizer leaves them alone), so checkpoints, best.pt and resumes keep them.
+BATCH_NORM_MOMENTUM = 0.1
+
+
+def running_statistics(params):
+    """(the network's parameters, [(running mean, running variance) of each batch-norm layer])."""
+    n_layers = len(models.batch_norm_channels(params))  # the statistics are 1-D: not counted
+    body, statistics = params[:-2 * n_layers], params[-2 * n_layers:]
+    return body, list(zip(statistics[::2], statistics[1::2]))
+
+
+def protonet_running_parameters(learner, network, generator):
+    body = protonet_parameters(learner, network, generator)
+    like = dict(dtype=body[0].dtype, device=body[0].device)
+    return body + [s for channels in models.batch_norm_channels(body)
+                   for s in (torch.zeros(channels, **like), torch.ones(channels, **like))]
+
+
+def protonet_running_update(learner, params, optimizer, support, query, iteration):
+    """Prototypical Networks' meta-update, then the running statistics moved towards the
+    mean over the meta-batch of its tasks' batch statistics."""
+    body, running = running_statistics(params)
+
+    def one_task(p, support_x, support_y, query_x, query_y):
+        collected = []
+        features = learner.features(p, torch.cat([support_x, query_x]), collected=collected)
+        logits = prototype_logits(features[:len(support_x)], support_y, features[len(support_x):],
+                                  learner.train_classes or learner.n_classes)
+        return learner.loss_fn(logits, query_y), logits, collected
+
+    loss, logits, collected = one_pass_step(learner, params, optimizer, one_task, body, support, query, iteration)
+    with torch.no_grad():
+        batch = learner.sum_across([s.sum(0) / learner.meta_batch_size for layer in collected for s in layer])
+        for average, value in zip([s for layer in running for s in layer], batch):
+            average.lerp_(value, BATCH_NORM_MOMENTUM)
+    return loss, logits.detach(), query[1]
+
+
+def protonet_running_logits(learner, params, support_x, support_y, query_x, n_classes):
+    body, running = running_statistics(params)
+    features = learner.features(body, torch.cat([support_x, query_x]), statistics=running)
+    return prototype_logits(features[:len(support_x)], support_y, features[len(support_x):], n_classes)
 
 
 def classification_loss(learner, logits, y):
@@ -504,6 +561,18 @@ ALGORITHMS = {
     "cnp": Algorithm(one_pass_update(cnp_output, cnp_loss), predicted_once(cnp_output, cnp_point),
                      cnp_parameters, steps=False),
 }
+# batch_norm: "transductive" (each task normalised with its own batch's statistics, as the
+# paper's code does, ALGORITHMS) or "running" (statistics kept in meta-training, used at test).
+RUNNING_BATCH_NORM = {
+    "protonet": Algorithm(protonet_running_update, predicted_once(protonet_running_logits),
+                          protonet_running_parameters, steps=False, regression=False, any_way=True),
+}
+BATCH_NORM = ("transductive", "running")
+
+
+def choose(name, batch_norm="transductive"):
+    """The algorithm of that name, with batch norm as asked."""
+    return RUNNING_BATCH_NORM[name] if batch_norm == "running" else ALGORITHMS[name]
 
 
 def free_on_resume(config):

@@ -21,22 +21,43 @@ import torch.nn.functional as F
 BATCH_NORM_EPS = 1e-5
 
 
-def batch_normalize(h, gamma, beta, dims, eps=BATCH_NORM_EPS):
-    """Normalise h with the statistics of this very batch, then scale (unless gamma is None) and shift.
+def batch_normalize(h, gamma, beta, dims, eps=BATCH_NORM_EPS, statistics=None):
+    """Normalise h, then scale (unless gamma is None) and shift: with the statistics of
+    this very batch (transductive), or with given ones, statistics = (mean, variance)
+    per channel (running statistics, non-transductive).
 
     Written as mean/variance arithmetic on purpose: under torch.func.vmap the
     second-order gradient through F.batch_norm in training mode is silently
     wrong on torch 2.13 (relative error ~1e-3 on the Omniglot CNN;
     pytorch/functorch#534), and MAML's meta-gradient is exactly that.
     """
-    mean = h.mean(dims, keepdim=True)
-    var = (h - mean).pow(2).mean(dims, keepdim=True)
     shape = [1] * h.dim()
     shape[1] = -1
+    if statistics is None:
+        mean = h.mean(dims, keepdim=True)
+        var = (h - mean).pow(2).mean(dims, keepdim=True)
+    else:
+        mean, var = (s.view(shape) for s in statistics)
     normalized = (h - mean) * torch.rsqrt(var + eps)
     if gamma is not None:
         normalized = normalized * gamma.view(shape)
     return normalized + beta.view(shape)
+
+
+def batch_statistics(h, dims):
+    """What a running average of batch norm's statistics takes from the batch h: the mean
+    and the unbiased variance per channel (as torch's batch norm)."""
+    count = h.numel() // h.shape[1]
+    return h.mean(dims), h.var(dims, correction=1) if count > 1 else h.var(dims, correction=0)
+
+
+def normalized_layer(h, gamma, beta, dims, eps, statistics, collected):
+    """batch_normalize with the statistics given for this layer (statistics: a list of
+    (mean, variance), one per layer, consumed in order; None: the batch's own); with
+    collected (a list), the batch's statistics of this layer are appended to it."""
+    if collected is not None:
+        collected.append(batch_statistics(h, dims))
+    return batch_normalize(h, gamma, beta, dims, eps, statistics.pop(0) if statistics is not None else None)
 
 
 def _uniform(shape, fan_in, generator, dtype):
@@ -61,14 +82,17 @@ def init_mlp(sizes, batch_norm=False, generator=None, dtype=torch.float32):
     return params
 
 
-def mlp_features(body, x, batch_norm=False):
+def mlp_features(body, x, batch_norm=False, statistics=None, collected=None):
     """init_mlp's network without its output layer (body: its other parameters): the
-    last hidden layer's activations for x of shape (batch, in_features)."""
+    last hidden layer's activations for x of shape (batch, in_features). statistics and
+    collected: batch norm's, as in normalized_layer."""
     per_hidden = 3 if batch_norm else 2
+    statistics = None if statistics is None else list(statistics)
     for i in range(len(body) // per_hidden):
         layer = body[i * per_hidden:(i + 1) * per_hidden]
         if batch_norm:
-            x = batch_normalize(F.linear(x, layer[0]), layer[1], layer[2], dims=(0,))
+            x = normalized_layer(F.linear(x, layer[0]), layer[1], layer[2], (0,), BATCH_NORM_EPS, statistics,
+                                 collected)
         else:
             x = F.linear(x, layer[0], layer[1])
         x = torch.relu(x)
@@ -161,9 +185,10 @@ def tf_same_pad(x, stride, kernel=3):
     return F.pad(x, pads)
 
 
-def cnn_features(body, x, net=CNN):
+def cnn_features(body, x, net=CNN, statistics=None, collected=None):
     """init_cnn's network without its output layer (body: its other parameters): the
     embedding of images x of shape (batch, channels, H, W), one vector per image.
+    statistics and collected: batch norm's, as in normalized_layer.
 
     Each block halves the resolution: a stride-2 convolution (the paper's
     Omniglot network) or, with net.max_pool, a stride-1 convolution then 2x2 max-pool.
@@ -171,6 +196,7 @@ def cnn_features(body, x, net=CNN):
     """
     per_block = net.per_block()
     stride = 1 if net.max_pool else 2
+    statistics = None if statistics is None else list(statistics)
     for i in range(len(body) // per_block):
         block = body[per_block * i:per_block * (i + 1)]
         weight, bias, beta = block[0], block[1] if net.conv_bias else None, block[-1]
@@ -179,10 +205,17 @@ def cnn_features(body, x, net=CNN):
             x = F.conv2d(tf_same_pad(x, stride), weight, bias, stride=stride)
         else:
             x = F.conv2d(x, weight, bias, stride=stride, padding=1)
-        x = torch.relu(batch_normalize(x, gamma, beta, dims=(0, 2, 3), eps=net.batch_norm_eps))
+        x = torch.relu(normalized_layer(x, gamma, beta, (0, 2, 3), net.batch_norm_eps, statistics, collected))
         if net.max_pool:
             x = F.max_pool2d(x, 2)
     return x.mean(dim=(2, 3))
+
+
+def batch_norm_channels(body):
+    """The channels of each batch-norm layer of the body of init_mlp's (with batch norm)
+    or init_cnn's network: each follows a weight matrix or kernel, whose first dimension
+    they are."""
+    return [p.shape[0] for p in body if p.dim() > 1]
 
 
 def cnn(params, x, net=CNN):

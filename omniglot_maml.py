@@ -10,7 +10,8 @@ Networks and a Conditional Neural Process (docs/algorithms.md).
 Every value in CONFIG can be overridden as --name value (dashes for underscores).
 A run writes config.json, metrics.csv, checkpoint.pt (latest), best.pt (best
 validation accuracy), results.json and plots to its folder; --resume continues it.
-The data, splits, network (batch norm is transductive) and protocol: docs/omniglot.md.
+The data, splits, network (batch norm is transductive unless --batch-norm running) and protocol:
+docs/omniglot.md.
 """
 import sys
 
@@ -46,6 +47,9 @@ CONFIG = dict(
                                 # (as the paper's code builds it) | maxpool | mlp (256-128-64-64, "no conv");
                                 # and the variants between cnn and official-cnn of the first-order ablation
     rotate_test_classes=False,  # rotations as new classes for validation/test too (the official code does)
+    batch_norm="transductive",  # transductive: each task normalised with its own images' statistics (the
+                                # paper's code) | running: statistics averaged in meta-training, used at
+                                # validation and test (Prototypical Networks' code; protonet only)
     # Meta-training (None: the paper's value for the N-way and the algorithm, PAPER_DEFAULTS below;
     # fomaml and anil take maml's)
     meta_lr=1e-3,               # Adam, outer loop (all but reptile)
@@ -130,14 +134,18 @@ def resolve_paper_defaults(cfg):
 
 def validate(cfg, given):
     settings.check_settings(
-        cfg, choices=dict(algorithm=tuple(meta_learning.ALGORITHMS), split=omniglot_data.SPLITS, model=tuple(MODELS)),
+        cfg, choices=dict(algorithm=tuple(meta_learning.ALGORITHMS), split=omniglot_data.SPLITS, model=tuple(MODELS),
+                          batch_norm=meta_learning.BATCH_NORM),
         at_least=dict(n_way=2, train_way=2, **{key: 1 for key in (
             "k_shot", "train_queries", "meta_iterations", "meta_batch_size", "inner_steps", "reptile_train_shots",
             "reptile_inner_batch", "reptile_eval_batch", "log_every", "validate_every", "validation_tasks")},
                       test_tasks=2),  # 2 tasks at least for a confidence interval
         positive=("meta_lr", "reptile_meta_step"),
         zero_is_off=dict(train_minutes="no limit", test_every="only the final test", meta_lr_halving="constant"))
-    algorithm = meta_learning.ALGORITHMS[cfg.algorithm]
+    if cfg.batch_norm == "running" and cfg.algorithm not in meta_learning.RUNNING_BATCH_NORM:
+        utils.fail(f"--batch-norm running applies to {', '.join(meta_learning.RUNNING_BATCH_NORM)}, not "
+                   f"{cfg.algorithm}, whose test adapts each task with its own images' statistics")
+    algorithm = meta_learning.choose(cfg.algorithm, cfg.batch_norm)
     if not algorithm.steps:
         for key in STEP_KEYS:
             if key in given:
@@ -176,8 +184,8 @@ def build_network(model, n_way, generator, device):
         def forward(p, x):
             return models.mlp(p, x.flatten(1), batch_norm=True)
 
-        def features(body, x):
-            return models.mlp_features(body, x.flatten(1), batch_norm=True)
+        def features(body, x, **batch_norm):
+            return models.mlp_features(body, x.flatten(1), batch_norm=True, **batch_norm)
         mask = None
     else:
         params = models.init_cnn(n_way, generator=generator, net=net)
@@ -251,7 +259,7 @@ def main(argv=None):
               + ", ".join(f"{p} {s.n_classes}" for p, s in samplers.items()))
 
     # ---- the algorithm, chosen once, and its meta-parameters -----------------
-    algorithm = meta_learning.ALGORITHMS[cfg.algorithm]
+    algorithm = meta_learning.choose(cfg.algorithm, cfg.batch_norm)
     init_generator = torch.Generator().manual_seed(cfg.seed)
     network, forward, features, network_mask = build_network(cfg.model, cfg.n_way, init_generator, device)
     adapted = meta_learning.inner_loop_mask(len(network), network_mask, algorithm.head_only)

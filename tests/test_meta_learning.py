@@ -380,6 +380,87 @@ def test_protonet_meta_gradient_matches_a_per_task_loop_on_episodes_of_more_clas
                                                                 images[task, 6:9], 3).detach(), rtol=1e-10, atol=0)
 
 
+def reference_cnn_features(body, x, running, training):
+    """Our CNN's body with torch's own batch norm (F.batch_norm) and its running buffers:
+    in training it normalises with the batch's statistics and updates the buffers in
+    place; otherwise it normalises with them."""
+    for block, (mean, var) in zip(range(0, len(body), 3), running):
+        weight, gamma, beta = body[block:block + 3]
+        x = F.conv2d(x, weight, stride=2, padding=1)
+        x = torch.relu(F.batch_norm(x, mean, var, gamma, beta, training=training, momentum=0.1,
+                                    eps=models.BATCH_NORM_EPS))
+    return x.mean(dim=(2, 3))
+
+
+def test_protonet_with_running_batch_norm_matches_torchs_batch_norm():
+    """Meta-training normalises with each episode's statistics and moves the running ones
+    as torch's batch norm does (one episode a meta-batch, Prototypical Networks' own
+    setting: the same gradient, the same buffers after three updates); validation and
+    test normalise with the running statistics, so a query's logits do not depend on
+    the task's other images."""
+    generator = torch.Generator().manual_seed(21)
+    network = [p.requires_grad_() for p in models.init_cnn(3, generator=generator, dtype=torch.float64)]
+    learner = classification_learner(models.cnn, F.cross_entropy, None, n_classes=3, train_classes=6)
+    learner.meta_batch_size = 1
+    protonet = meta_learning.choose("protonet", "running")
+    params = protonet.parameters(learner, network, None)
+    body, running = meta_learning.running_statistics(params)
+    assert len(body) == len(network) - 2 and [m.tolist() for m, _ in running] == [[0.0] * 64] * 4
+    reference = [(torch.zeros(64), torch.ones(64)) for _ in running]
+
+    def logits(features, support_y, n_support, n_classes):
+        support, query = features[:n_support], features[n_support:]
+        prototypes = torch.stack([support[support_y == c].mean(0) for c in range(n_classes)])
+        return -((query[:, None] - prototypes[None]) ** 2).sum(-1)
+    for iteration in range(3):
+        images = torch.rand(1, 6 * 3, 1, 28, 28, generator=generator)
+        labels = torch.arange(6).repeat(3).expand(1, -1)
+        support, query = (images[:, :6], labels[:, :6]), (images[:, 6:], labels[:, 6:])
+        features = reference_cnn_features(body, images[0], reference, training=True)
+        expected = torch.autograd.grad(F.cross_entropy(logits(features, labels[0, :6], 6, 6), labels[0, 6:]), body)
+        protonet.meta_update(learner, params, torch.optim.SGD(params, lr=0.0), support, query, iteration)
+        assert relative_error([p.grad for p in body], expected) < 1e-10
+        assert all(p.grad is None for layer in running for p in layer)  # not learned: averaged
+        for (mean, var), (expected_mean, expected_var) in zip(running, reference):
+            torch.testing.assert_close(mean, expected_mean, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(var, expected_var, rtol=1e-12, atol=1e-12)
+    test = torch.rand(2, 3 * 2, 1, 28, 28, generator=generator)
+    test_labels = torch.arange(3).repeat(2).expand(2, -1)
+    predicted = meta_learning.evaluate(protonet, learner, lambda p, y: p, params, (test[:, :3], test_labels[:, :3]),
+                                       (test[:, 3:], test_labels[:, 3:]), steps=0)
+    for task in range(2):
+        features = reference_cnn_features(body, test[task], reference, training=False)
+        torch.testing.assert_close(predicted[task, 0], logits(features, test_labels[task, :3], 3, 3).detach(),
+                                   rtol=1e-10, atol=0)
+    # non-transductive: the logits of one query image alone are those it has among the others
+    alone = meta_learning.protonet_running_logits(learner, params, test[0, :3], test_labels[0, :3], test[0, 3:4], 3)
+    torch.testing.assert_close(alone[0], predicted[0, 0, 0], rtol=1e-10, atol=0)
+
+
+def test_running_statistics_of_a_meta_batch_are_the_mean_of_its_tasks():
+    """Two episodes in a meta-batch move the running statistics by the mean of theirs."""
+    generator = torch.Generator().manual_seed(22)
+    network = [p.requires_grad_() for p in models.init_mlp([784, 32, 16, 4], batch_norm=True, generator=generator,
+                                                           dtype=torch.float64)]
+    learner = meta_learning.Learner(functools.partial(models.mlp, batch_norm=True), F.cross_entropy,
+                                    meta_batch_size=2, meta_iterations=1, n_classes=4,
+                                    features=lambda body, x, **kw: models.mlp_features(body, x, True, **kw))
+    protonet = meta_learning.choose("protonet", "running")
+    params = protonet.parameters(learner, network, None)
+    x = torch.rand(2, 16, 784, generator=generator)
+    y = torch.arange(4).repeat(4).expand(2, -1)
+    protonet.meta_update(learner, params, torch.optim.SGD(params, lr=0.0), (x[:, :8], y[:, :8]),
+                         (x[:, 8:], y[:, 8:]), iteration=0)
+    body, running = meta_learning.running_statistics(params)
+    hidden = [F.linear(x, body[0])]
+    normalized = (hidden[0] - hidden[0].mean(1, keepdim=True)) / (hidden[0].var(1, correction=0, keepdim=True)
+                                                                  + models.BATCH_NORM_EPS).sqrt()
+    hidden.append(F.linear(torch.relu(normalized * body[1] + body[2]), body[3]))
+    for (mean, var), h in zip(running, hidden):
+        torch.testing.assert_close(mean, 0.1 * h.mean(1).mean(0), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(var, 0.9 + 0.1 * h.var(1).mean(0), rtol=1e-12, atol=1e-12)
+
+
 # ---- the Conditional Neural Process -------------------------------------------------------
 def cnp_problem(kind, generator):
     if kind == "classification":
