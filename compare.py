@@ -9,13 +9,17 @@ each run's algorithm and its pretrained baseline. Omniglot runs: test accuracy
 after each run's headline step count (or of its one pass); with --minutes, the
 test-curve accuracy of each run at equal training time; the figure adds their
 training and validation accuracy against iterations and the test curves against
-training minutes. Settings that differ between the
-runs are listed under the table. Each run given is a row, named by its folder
-(with the folders above it where two runs' folders share a name).
+training minutes; --iterations compares the test curves at equal iterations.
+Settings that differ between the runs are listed under the table. Each run given
+is a row, named by its folder (with the folders above it where two runs' folders
+share a name). Runs whose settings differ only in --seed are a group: a table
+under the runs' gives each group's mean and standard deviation over its seeds
+beside each seed's own 95% interval over the test tasks.
 """
 import itertools
 import json
 import os
+import statistics
 import sys
 
 import matplotlib
@@ -109,6 +113,16 @@ def sinusoid(runs, figure):
         for k in k_shots:
             cells = " | ".join(cell(by_k[k], s) for s in TABLE_STEPS)
             print(f"| {method} | {k} | {cells} | {time_cell} |")
+    groups = seed_groups(runs)
+    if groups:
+        print("\nruns that differ only in their seed: query MSE, mean ± sd over the seeds:\n")
+        print("| runs | K | " + " | ".join(f"step {s}" for s in TABLE_STEPS) + " |\n|" + "---|" * (len(TABLE_STEPS) + 2))
+        for group in groups:
+            by_k = [runs[i][0][0]["mse"][runs[i][0][1]["algorithm"]] for i in group]
+            for k in k_shots:
+                cells = " | ".join("-" if any(s >= len(curves[k]["mean"]) for curves in by_k)
+                                   else spread([curves[k]["mean"][s] for curves in by_k], 3) for s in TABLE_STEPS)
+                print(f"| {group_name(runs, group)} | {k} | {cells} |")
     if figure:
         fig, axes = plt.subplots(1, len(k_shots), figsize=(4.5 * len(k_shots), 4), squeeze=False)
         span = max(len(by_k[k]["mean"]) for by_k, _ in curves.values() for k in k_shots)
@@ -126,36 +140,90 @@ def test_curve(rows):
     return [r for r in rows or [] if "test_accuracy" in r and r["test_accuracy"] == r["test_accuracy"]]  # not NaN
 
 
-def at_minutes(points, minutes, trained_seconds):
-    """The accuracy cell of the last test-curve point at or before `minutes` of training;
-    "-" before the first point, or past the run's training time (trained_seconds, 1% spare)."""
-    before = [p for p in points if p["train_seconds"] <= 60 * minutes]
-    if not before or trained_seconds < 0.99 * 60 * minutes:
-        return "-"
-    return f"{100 * before[-1]['test_accuracy']:.2f} ± {100 * before[-1]['test_ci95']:.2f}"
+def point_at(points, key, value, trained):
+    """The last test-curve point whose `key` (train_seconds or iteration) is at or before
+    value; None before the first point, or past the run's training (trained: its
+    seconds, 1% spare, or its iterations)."""
+    before = [p for p in points if p[key] <= value]
+    spare = 0.99 if key == "train_seconds" else 1.0
+    if not before or trained < spare * value:
+        return None
+    return before[-1]
 
 
-def omniglot(runs, figure, run_dirs, minutes):
+def seed_groups(runs):
+    """Lists of indices of the runs whose settings differ only in their seed, two or
+    more seeds each, in the order of their first run."""
+    groups = {}
+    for index, ((_, config), _) in enumerate(runs):
+        key = json.dumps({k: v for k, v in config.items() if k not in NOT_SETTINGS | {"seed"}}, sort_keys=True)
+        groups.setdefault(key, []).append(index)
+    return [group for group in groups.values()
+            if len({json.dumps(runs[i][0][1].get("seed")) for i in group}) > 1]
+
+
+def spread(values, digits):
+    """mean ± standard deviation (sample, n - 1) of the values, with how many."""
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n = {len(values)})"
+
+
+def curve_table(runs, curves, groups, key, values, unit, trained):
+    """The test-curve accuracy of each run (and of each seed group) at each value of key."""
+    print(f"\ntest accuracy (%) of the current parameters at equal {unit} (the last test-curve point at or before "
+          f"it; 95% CI over the test tasks; a group: mean ± sd over its seeds):\n")
+    suffix = " min" if key == "train_seconds" else ""
+    print("| run | " + " | ".join(f"{v:g}{suffix}" for v in values) + " |\n|---|" + "---|" * len(values))
+    scale = 60 if key == "train_seconds" else 1
+    found = [[point_at(points, key, scale * v, trained(results)) for v in values]
+             for ((results, _), _), points in zip(runs, curves)]
+    for ((_, _), name), points in zip(runs, found):
+        print(f"| {name} | " + " | ".join("-" if p is None else
+                                          f"{100 * p['test_accuracy']:.2f} ± {100 * p['test_ci95']:.2f}"
+                                          for p in points) + " |")
+    for group in groups:
+        cells = []
+        for column in range(len(values)):
+            points = [found[i][column] for i in group]
+            cells.append("-" if None in points else spread([100 * p["test_accuracy"] for p in points], 2))
+        print(f"| {group_name(runs, group)} | " + " | ".join(cells) + " |")
+
+
+def group_name(runs, group):
+    return f"{runs[group[0]][1]} and {len(group) - 1} other seed(s)"
+
+
+def omniglot(runs, figure, run_dirs, minutes, iterations):
     print("| run | algorithm | model | split | N-way K-shot | meta-iterations | training time | "
           "test accuracy (95% CI) | after steps |")
     print("|---|---|---|---|---|---|---|---|---|")
+    headlines = []
     for (results, config), name in runs:
         test, s = results["test"], results["test"]["headline_step"]
         mean, ci = reports.percent(test["accuracy"])
+        headlines.append((mean[s], ci[s]))
         print(f"| {name} | {config['algorithm']} | {config.get('model', 'cnn')} | {test['split']} | "
               f"{config['n_way']}-way {config['k_shot']}-shot | {test['meta_iterations']} | "
               f"{test['train_seconds'] / 60:.1f} min | {mean[s]:.2f} ± {ci[s]:.2f}% | "
               f"{s if len(mean) > 1 else 'one pass'} |")
+    groups = seed_groups(runs)
+    if groups:
+        print("\nruns that differ only in their seed: test accuracy (%) after the headline steps, mean ± sd over the "
+              "seeds, and each seed's mean ± 95% CI over the test tasks:\n")
+        print("| runs | seeds | mean ± sd over seeds | each seed (95% CI over test tasks) |\n|---|---|---|---|")
+        for group in groups:
+            seeds = ", ".join(str(runs[i][0][1].get("seed")) for i in group)
+            each = ", ".join(f"{headlines[i][0]:.2f} ± {headlines[i][1]:.2f}" for i in group)
+            print(f"| {group_name(runs, group)} | {seeds} | {spread([headlines[i][0] for i in group], 2)} | "
+                  f"{each} |")
     logs = [os.path.join(run_dir, "metrics.csv") for run_dir in run_dirs]
     histories = [files.read_metrics(log) if os.path.exists(log) else None for log in logs]
     curves = [test_curve(rows) for rows in histories]
     if minutes:
-        print("\ntest accuracy (%) of the current parameters at equal training time (the last test-curve point "
-              "at or before it; 95% CI over the test tasks):\n")
-        print("| run | " + " | ".join(f"{m:g} min" for m in minutes) + " |\n|---|" + "---|" * len(minutes))
-        for ((results, _), name), points in zip(runs, curves):
-            print(f"| {name} | " + " | ".join(at_minutes(points, m, results["test"]["train_seconds"])
-                                               for m in minutes) + " |")
+        curve_table(runs, curves, groups, "train_seconds", minutes, "training time",
+                    lambda results: results["test"]["train_seconds"])
+    if iterations:
+        curve_table(runs, curves, groups, "iteration", iterations, "iterations",
+                    lambda results: results["test"]["meta_iterations"])
     if figure:
         every_history = all(rows is not None for rows in histories)  # training and validation against iterations
         timed = any(curves)  # test accuracy against training minutes
@@ -207,6 +275,15 @@ def save(fig, path):
     print(f"\nfigure: {path}")
 
 
+def numbers(args, key):
+    """The comma-separated numbers of --minutes or --iterations ([] when not given)."""
+    text = getattr(args, key)
+    try:
+        return [float(m) for m in text.split(",")] if text else []
+    except ValueError:
+        utils.fail(f"--{key} must be comma-separated numbers, got {text!r}")
+
+
 def main(argv=None):
     parser = settings.OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run folders holding results.json and config.json, "
@@ -214,11 +291,10 @@ def main(argv=None):
     parser.add_argument("--figure", help="where to save the comparison figure (PNG)")
     parser.add_argument("--minutes", help="Omniglot: comma-separated training minutes at which to compare the "
                                           "runs' test curves (runs trained with --test-every)")
+    parser.add_argument("--iterations", help="Omniglot: comma-separated meta-iterations at which to compare the "
+                                             "runs' test curves")
     args = parser.parse_args(argv)
-    try:
-        minutes = [float(m) for m in args.minutes.split(",")] if args.minutes else []
-    except ValueError:
-        utils.fail(f"--minutes must be comma-separated numbers, got {args.minutes!r}")
+    minutes, iterations = (numbers(args, key) for key in ("minutes", "iterations"))
     if args.figure and not os.path.isdir(os.path.dirname(os.path.abspath(args.figure))):
         utils.fail(f"--figure {args.figure}: the folder {os.path.dirname(args.figure) or '.'} does not exist")
     run_dirs = []
@@ -238,7 +314,7 @@ def main(argv=None):
     if "sinusoid" in experiments:
         sinusoid(runs, args.figure)
     else:
-        omniglot(runs, args.figure, run_dirs, minutes)
+        omniglot(runs, args.figure, run_dirs, minutes, iterations)
     differing_settings(runs)
 
 

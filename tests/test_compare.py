@@ -122,13 +122,15 @@ def test_runs_whose_folders_share_a_name_are_each_a_row_told_apart(tmp_path):
                     "| maml (mine/maml-k10-seed0 (2))"]
 
 
-def fake_omniglot_run(folder, algorithm, accuracy, curve):
-    """A finished run with a test curve: curve is [(train_seconds, test accuracy)]."""
+def fake_omniglot_run(folder, algorithm, accuracy, curve, **settings):
+    """A finished run with a test curve: curve is [(train_seconds, test accuracy)], a point
+    every 10 iterations."""
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"algorithm": algorithm, "n_way": 5, "k_shot": 1}))
+    (folder / "config.json").write_text(json.dumps({"algorithm": algorithm, "n_way": 5, "k_shot": 1,
+                                                    "out_dir": str(folder), **settings}))
     (folder / "results.json").write_text(json.dumps({"test": {
-        "accuracy": accuracy, "headline_step": len(accuracy["mean"]) // 2, "split": "paper", "meta_iterations": 10,
-        "train_seconds": curve[-1][0]}}))
+        "accuracy": accuracy, "headline_step": len(accuracy["mean"]) // 2, "split": "paper",
+        "meta_iterations": 10 * len(curve), "train_seconds": curve[-1][0]}}))
     lines = ["iteration,train_seconds,train_loss,train_accuracy,validation_accuracy,test_accuracy,test_ci95"]
     lines += [f"{10 * (i + 1)},{seconds},1.0,0.5,,{value},0.01" for i, (seconds, value) in enumerate(curve)]
     (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
@@ -144,10 +146,39 @@ def test_runs_at_equal_training_time_and_one_pass_algorithms(tmp_path):
                      "--figure", tmp_path / "fig.png")
     assert result.returncode == 0, result.stderr
     rows = result.stdout.splitlines()
-    assert "| protonet | protonet | cnn | paper | 5-way 1-shot | 10 | 4.0 min | 97.00 ± 1.00% | one pass |" in rows
+    assert "| protonet | protonet | cnn | paper | 5-way 1-shot | 20 | 4.0 min | 97.00 ± 1.00% | one pass |" in rows
     assert "| maml | 80.00 ± 1.00 | 90.00 ± 1.00 | 95.00 ± 1.00 |" in rows
     assert "| protonet | - | - | - |" in rows  # trained 4 minutes
     assert "| cnp | - | 97.00 ± 1.00 | 98.00 ± 1.00 |" in rows  # the last point at or before each time
     assert (tmp_path / "fig.png").stat().st_size > 0
     refused = compare(tmp_path / "maml", "--minutes", "ten")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--minutes must be" in refused.stderr
+
+
+def test_runs_that_differ_only_in_their_seed_are_a_group_with_its_spread(tmp_path):
+    """Seeds 0, 1, 2 of one setting: mean ± sd over seeds (sample sd) beside each seed's
+    interval, at the headline step and on the test curves; a run of another setting, or
+    one seed alone, is no group."""
+    for seed, (final, curve) in enumerate(((0.90, 0.80), (0.92, 0.83), (0.94, 0.86))):
+        fake_omniglot_run(tmp_path / f"maml-seed{seed}", "maml", {"mean": [0.2, final, 0.95], "ci95": [0.01] * 3},
+                          [(60, curve - 0.1), (120, curve)], seed=seed)
+    fake_omniglot_run(tmp_path / "maml-lr", "maml", {"mean": [0.2, 0.5, 0.6], "ci95": [0.01] * 3},
+                      [(60, 0.4), (120, 0.5)], seed=1, inner_lr=0.1)
+    fake_omniglot_run(tmp_path / "protonet", "protonet", {"mean": [0.97], "ci95": [0.02]}, [(60, 0.9), (120, 0.97)])
+    result = compare(tmp_path, "--iterations", "10,20", "--minutes", "2")
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()
+    assert "| maml-seed0 and 2 other seed(s) | 0, 1, 2 | 92.00 ± 2.00 (n = 3) | 90.00 ± 1.00, 92.00 ± 1.00, " \
+           "94.00 ± 1.00 |" in rows
+    assert sum("other seed(s)" in row for row in rows) == 3  # the group's row in each of its three tables
+    assert "| maml-seed0 and 2 other seed(s) | 73.00 ± 3.00 (n = 3) | 83.00 ± 3.00 (n = 3) |" in rows
+    assert "| maml-seed1 | 73.00 ± 1.00 | 83.00 ± 1.00 |" in rows  # by iterations, each run too
+    assert "| maml-seed0 and 2 other seed(s) | 83.00 ± 3.00 (n = 3) |" in rows  # at 2 minutes
+    fake_sinusoid_run(tmp_path / "sine-seed0", "maml", 0.0)
+    fake_sinusoid_run(tmp_path / "sine-seed1", "maml", 0.5)
+    for seed in (0, 1):
+        (tmp_path / f"sine-seed{seed}" / "config.json").write_text(json.dumps({"algorithm": "maml", "seed": seed}))
+    result = compare(tmp_path / "sine-seed0", tmp_path / "sine-seed1")
+    assert result.returncode == 0, result.stderr
+    assert "| sine-seed0 and 1 other seed(s) | 5 | 3.250 ± 0.354 (n = 2) | 3.150 ± 0.354 (n = 2) | " \
+           "2.750 ± 0.354 (n = 2) | 2.250 ± 0.354 (n = 2) |" in result.stdout.splitlines()
