@@ -19,7 +19,6 @@ beside each seed's own 95% interval over the test tasks.
 import itertools
 import json
 import os
-import statistics
 import sys
 
 import matplotlib
@@ -33,8 +32,6 @@ import settings  # noqa: E402
 import utils  # noqa: E402
 
 TABLE_STEPS = (0, 1, 5, 10)
-# Config keys that say where or how a run was launched, not what it is.
-NOT_SETTINGS = {"out_dir", "resume", "eval_only", "data_dir", "device"}
 
 
 # What each experiment's records must hold: results.json keys, and config.json keys.
@@ -121,7 +118,7 @@ def sinusoid(runs, figure):
             by_k = [runs[i][0][0]["mse"][runs[i][0][1]["algorithm"]] for i in group]
             for k in k_shots:
                 cells = " | ".join("-" if any(s >= len(curves[k]["mean"]) for curves in by_k)
-                                   else spread([curves[k]["mean"][s] for curves in by_k], 3) for s in TABLE_STEPS)
+                                   else reports.spread([curves[k]["mean"][s] for curves in by_k], 3) for s in TABLE_STEPS)
                 print(f"| {group_name(runs, group)} | {k} | {cells} |")
     if figure:
         fig, axes = plt.subplots(1, len(k_shots), figsize=(4.5 * len(k_shots), 4), squeeze=False)
@@ -152,19 +149,9 @@ def point_at(points, key, value, trained):
 
 
 def seed_groups(runs):
-    """Lists of indices of the runs whose settings differ only in their seed, two or
-    more seeds each, in the order of their first run."""
-    groups = {}
-    for index, ((_, config), _) in enumerate(runs):
-        key = json.dumps({k: v for k, v in config.items() if k not in NOT_SETTINGS | {"seed"}}, sort_keys=True)
-        groups.setdefault(key, []).append(index)
-    return [group for group in groups.values()
+    """reports.seed_groups of the runs, those of two or more seeds."""
+    return [group for group in reports.seed_groups([config for (_, config), _ in runs])
             if len({json.dumps(runs[i][0][1].get("seed")) for i in group}) > 1]
-
-
-def spread(values, digits):
-    """mean ± standard deviation (sample, n - 1) of the values, with how many."""
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n = {len(values)})"
 
 
 def curve_table(runs, curves, groups, key, values, unit, trained):
@@ -184,7 +171,7 @@ def curve_table(runs, curves, groups, key, values, unit, trained):
         cells = []
         for column in range(len(values)):
             points = [found[i][column] for i in group]
-            cells.append("-" if None in points else spread([100 * p["test_accuracy"] for p in points], 2))
+            cells.append("-" if None in points else reports.spread([100 * p["test_accuracy"] for p in points], 2))
         print(f"| {group_name(runs, group)} | " + " | ".join(cells) + " |")
 
 
@@ -213,7 +200,7 @@ def omniglot(runs, figure, run_dirs, minutes, iterations):
         for group in groups:
             seeds = ", ".join(str(runs[i][0][1].get("seed")) for i in group)
             each = ", ".join(f"{headlines[i][0]:.2f} ± {headlines[i][1]:.2f}" for i in group)
-            print(f"| {group_name(runs, group)} | {seeds} | {spread([headlines[i][0] for i in group], 2)} | "
+            print(f"| {group_name(runs, group)} | {seeds} | {reports.spread([headlines[i][0] for i in group], 2)} | "
                   f"{each} |")
     logs = [os.path.join(run_dir, "metrics.csv") for run_dir in run_dirs]
     histories = [files.read_metrics(log) if os.path.exists(log) else None for log in logs]
@@ -261,7 +248,7 @@ def omniglot(runs, figure, run_dirs, minutes, iterations):
 def differing_settings(runs):
     """Print the settings (config keys) whose values are not the same in all runs."""
     configs = [config for (_, config), _ in runs]
-    keys = sorted({key for config in configs for key in config} - NOT_SETTINGS)
+    keys = sorted({key for config in configs for key in config} - reports.NOT_SETTINGS)
     differing = [key for key in keys if len({json.dumps(config.get(key)) for config in configs}) > 1]
     if len(runs) > 1 and differing:
         print("\nsettings that differ between the runs:\n")

@@ -1,6 +1,8 @@
 """What a run reports: statistics over tasks (mean, 95% CI, diverged tasks),
 numbers for tables, and plot helpers."""
+import json
 import math
+import statistics
 
 import matplotlib
 matplotlib.use("Agg")
@@ -24,6 +26,25 @@ def summarize(per_task):
     median = torch.where(torch.isnan(values), math.inf, values).median(0).values  # NaN counts as diverged high
     return dict(mean=mean.tolist(), ci95=(1.96 * variance.sqrt() / n.sqrt()).tolist(), median=median.tolist(),
                 diverged=(values.shape[0] - n).tolist())
+
+
+# Config keys that say where or how a run was launched, not what it is.
+NOT_SETTINGS = {"out_dir", "resume", "eval_only", "data_dir", "device"}
+
+
+def seed_groups(configs):
+    """The configs (run settings, dicts) grouped by what they set but their seed: lists of
+    indices, in the order of each group's first config (a run alone is a group of one)."""
+    groups = {}
+    for index, config in enumerate(configs):
+        key = json.dumps({k: v for k, v in config.items() if k not in NOT_SETTINGS | {"seed"}}, sort_keys=True)
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
+
+
+def spread(values, digits):
+    """mean ± standard deviation (sample, n - 1) of the values, and how many."""
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n = {len(values)})"
 
 
 def number(x):

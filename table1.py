@@ -142,9 +142,29 @@ def cell_of(config):
     return None
 
 
+def record_name(cell, config):
+    """The folder of a run's record, its row's name: the cell, then +<network> for a network
+    other than the cell's, +running-batch-norm for batch norm that is not transductive, and
+    -seed<k> for a seed other than 0."""
+    name = cell
+    if config.get("model", "cnn") != ("mlp" if CELLS[cell][0] == "mlp" else "cnn"):
+        name += f"+{config['model']}"
+    if config.get("batch_norm", "transductive") != "transductive":
+        name += f"+{config['batch_norm']}-batch-norm"
+    return name + (f"-seed{config['seed']}" if config.get("seed", 0) else "")
+
+
+def cell_records(folder, cell):
+    """The names of a cell's records in a folder, the cell's own first."""
+    names = [name for name in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, name))
+             and (name == cell or name.startswith((cell + "+", cell + "-seed")))] if os.path.isdir(folder) else []
+    return sorted(names, key=lambda name: name != cell)
+
+
 def record(run_dir, records, split, cell):
-    """Copy a finished run's text records into <records>/<split>/<cell>, replacing that cell's."""
-    target = os.path.join(records, split, cell)
+    """Copy a finished run's text records into <records>/<split>/<record_name>, replacing
+    that record."""
+    target = os.path.join(records, split, record_name(cell, read_json(os.path.join(run_dir, "config.json"))))
     shutil.rmtree(target, ignore_errors=True)
     os.makedirs(target)
     for pattern in RECORD_FILES:
@@ -230,6 +250,14 @@ def headline(test):
     return text + (f" ({test['tasks']} tasks)" if test["tasks"] != 600 else "")
 
 
+def over_seeds(runs):
+    """The ours cell of a row of several seeds: mean ± sd over them, and each one's headline."""
+    tests = [results["test"] for _, results, _, _ in runs]
+    spread = reports.spread([100 * t["accuracy"]["mean"][t["headline_step"]] for t in tests], 2)
+    seeds = ", ".join(f"seed {config.get('seed', 0)}: {headline(results['test'])}" for config, results, _, _ in runs)
+    return f"{spread} over seeds ({seeds})"
+
+
 def protocol_notes(cell, config, results, others):
     family = CELLS[cell][0]
     paper_defaults = omniglot_maml.PAPER_DEFAULTS
@@ -262,30 +290,38 @@ def table(records, split, notes=True):
     """The markdown table of the records of a split (without the protocol notes
     column and the text under it when notes is False), and the runs it read."""
     folder = os.path.join(records, split)
-    runs = {cell: read_run(os.path.join(folder, cell)) for cell in CELLS}
+    runs = {}  # cell: {record name: its run}, of the finished records
+    for cell in CELLS:
+        found = {name: read_run(os.path.join(folder, name)) for name in cell_records(folder, cell)}
+        runs[cell] = {name: run for name, run in found.items() if run and run[1]}
     lost_path = os.path.join(folder, "lost.json")
     lost = read_json(lost_path) if os.path.exists(lost_path) else {}
     lines = ["| cell | published | ours (95% CI) | network | iterations | training time | device | "
              "first within published CI | protocol notes |", "|---|---|---|---|---|---|---|---|---|"]
     for cell, (family, config, published) in CELLS.items():
-        run = runs[cell]
-        if run is None or run[1] is None:
+        if not runs[cell]:
             missing = f"records lost ({lost[cell]}); rerun the cell" if cell in lost else "not run"
             lines.append(f"| {cell} | {published_text(published)} | {missing} | | | | | | |")
             continue
-        config, results, rows, others = run
-        test = results["test"]
-        reached, estimate = first_within(rows, published), extrapolated(rows, published)
-        if reached:
-            reached = f"iteration {reached[0]:,.0f} ({reached[1]:.1f} min)"
-        elif estimate:
-            reached = f"not yet; extrapolated: ~{estimate[0]:,.0f} iterations (~{estimate[1] / 60:.1f} h on its device)"
-        else:
-            reached = "not yet"
-        lines.append(f"| {cell} | {published_text(published)} | {headline(test)} | {config['model']} | "
-                     f"{test['meta_iterations']:,} | "
-                     f"{test['train_seconds'] / 60:.1f} min | {results.get('device', '?')} | {reached} | "
-                     f"{protocol_notes(cell, config, results, others)} |")
+        names = list(runs[cell])
+        for group in reports.seed_groups([runs[cell][name][0] for name in names]):
+            name, group_runs = names[group[0]], [runs[cell][names[i]] for i in group]
+            config, results, rows, others = group_runs[0]
+            test = results["test"]
+            reached, estimate = first_within(rows, published), extrapolated(rows, published)
+            if reached:
+                reached = f"iteration {reached[0]:,.0f} ({reached[1]:.1f} min)"
+            elif estimate:
+                reached = (f"not yet; extrapolated: ~{estimate[0]:,.0f} iterations (~{estimate[1] / 60:.1f} h on its "
+                           f"device)")
+            else:
+                reached = "not yet"
+            ours = headline(test) if len(group) == 1 else over_seeds(group_runs)
+            after = "" if len(group) == 1 else f"seed {config.get('seed', 0)}'s: "
+            lines.append(f"| {name} | {published_text(published)} | {ours} | {config['model']} | "
+                         f"{after}{test['meta_iterations']:,} | "
+                         f"{test['train_seconds'] / 60:.1f} min | {results.get('device', '?')} | {reached} | "
+                         f"{protocol_notes(cell, config, results, others)} |")
     if not notes:
         return ["|".join(line.split("|")[:-2]) + "|" for line in lines], None
     lines += ["", f"Split: {split}. Test accuracy of the best-validation parameters on "
@@ -295,7 +331,7 @@ def table(records, split, notes=True):
               "code rotates them) unless a note says so. Training time includes validation, not the test-curve "
               "points. Extrapolated: a power law fitted to the test error of the second half of the test curve, "
               "on the run's own device."]
-    return lines, {cell: run for cell, run in runs.items() if run and run[1]}
+    return lines, {name: (cell, run) for cell, records in runs.items() for name, run in records.items()}
 
 
 def report(records, split):
@@ -338,13 +374,13 @@ def plot_curves(runs, path):
     CI as a line and band; then the algorithms at 5-way 1-shot against
     the same minutes, when two or more of them ran. Three panels a row."""
     algorithms = [c for c in ("maml-5w1s", "fomaml-5w1s", "reptile-5w1s", "metasgd-5w1s", "protonet-5w1s")
-                  if c in runs]
+                  if c in runs]  # the cells' own records
     panels = len(runs) + (len(algorithms) > 1)
     columns = min(3, panels)
     rows_of_panels = math.ceil(panels / columns)
     fig, axes = plt.subplots(rows_of_panels, columns, figsize=(4.2 * columns, 3.6 * rows_of_panels), squeeze=False)
     axes = axes.flatten()
-    for ax, (cell, (_, results, rows, _)) in zip(axes, runs.items()):
+    for ax, (name, (cell, (_, results, rows, _))) in zip(axes, runs.items()):
         published = CELLS[cell][2]
         for accuracy, name in (("validation_accuracy", "validation (200 tasks)"), ("test_accuracy", "test")):
             reports.plot_metric_curve(ax, rows, "iteration", 1, accuracy, name)
@@ -353,7 +389,7 @@ def plot_curves(runs, path):
             ax.axhspan(published[0] - published[1], published[0] + published[1], color="black", alpha=0.1)
         lowest = min([100 * r[a] for r in rows for a in ("validation_accuracy", "test_accuracy")
                       if finite(r[a])], default=100)
-        ax.set(xlabel="meta-iteration", ylabel="accuracy (%)", title=f"{cell}, {results['device'].split(',')[0]}",
+        ax.set(xlabel="meta-iteration", ylabel="accuracy (%)", title=f"{name}, {results['device'].split(',')[0]}",
                ylim=(max(0, min(published[0] - 20, lowest - 2)), 100.5))
         seconds_per_iteration = rows[-1]["train_seconds"] / rows[-1]["iteration"]
         top = ax.secondary_xaxis("top", functions=(lambda i, s=seconds_per_iteration: i * s / 60,
@@ -363,7 +399,7 @@ def plot_curves(runs, path):
     if len(algorithms) > 1:
         ax = axes[len(runs)]
         for cell in algorithms:
-            reports.plot_metric_curve(ax, runs[cell][2], "train_seconds", 60, "test_accuracy", cell)
+            reports.plot_metric_curve(ax, runs[cell][1][2], "train_seconds", 60, "test_accuracy", cell)
         ax.set(xlabel="training time (min)", ylabel="test accuracy (%)", title="5-way 1-shot at equal time",
                ylim=(60, 100.5))
         ax.legend(fontsize=8, loc="lower right")

@@ -106,6 +106,35 @@ def test_a_row_names_other_test_protocols_and_settings_that_differ_from_the_pape
     assert "records lost (97 after 10 iterations); rerun the cell" in rows["maml-5w5s"]
 
 
+def test_a_cell_with_records_of_other_seeds_and_networks_has_a_row_for_each_setting(tmp_path):
+    """Seeds of one setting are one row (mean ± sd over them, each seed's interval); another
+    network is a row of its own, named by its record folder, which --add names from the config."""
+    config = dict(algorithm="fomaml", model="cnn", n_way=5, k_shot=1, split="paper", meta_iterations=100,
+                  meta_batch_size=32, inner_lr=0.4, inner_steps=1, test_steps=3, meta_lr=1e-3,
+                  rotate_test_classes=False, seed=0, out_dir="x")
+    for seed, model, mean in ((0, "cnn", 0.90), (1, "cnn", 0.92), (2, "cnn", 0.94), (0, "official-cnn", 0.97)):
+        run_config = {**config, "seed": seed, "model": model, "out_dir": f"results/{model}-{seed}"}
+        folder = tmp_path / "paper" / table1.record_name("fomaml-5w1s", run_config)
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(run_config))
+        (folder / "metrics.csv").write_text("iteration,train_seconds,validation_accuracy,test_accuracy,test_ci95\n"
+                                            f"100,60,0.9,{mean},0.01\n")
+        (folder / "results.json").write_text(json.dumps(dict(device="CPU", test=dict(
+            accuracy=dict(mean=[0.2, 0.5, 0.6, mean], ci95=[0.01] * 4), headline_step=3, tasks=600,
+            rotate_test_classes=False, meta_iterations=100, train_seconds=60))))
+    assert sorted(os.listdir(tmp_path / "paper")) == ["fomaml-5w1s", "fomaml-5w1s+official-cnn",
+                                                      "fomaml-5w1s-seed1", "fomaml-5w1s-seed2"]
+    table1.report(str(tmp_path), "paper")
+    rows = table_rows(tmp_path / "paper" / "table1.md")
+    assert "| 92.00 ± 2.00 (n = 3) over seeds (seed 0: 90.00 ± 1.00, seed 1: 92.00 ± 1.00, seed 2: 94.00 ± 1.00) " \
+           "| cnn | seed 0's: 100 |" in rows["fomaml-5w1s"]
+    assert "| 97.00 ± 1.00 | official-cnn | 100 |" in rows["fomaml-5w1s+official-cnn"]
+    assert "fomaml-5w1s-seed1" not in rows and "| not run |" in rows["fomaml-5w5s"]
+    assert table1.record_name("protonet-5w1s", dict(model="cnn", batch_norm="running", seed=3)) == \
+        "protonet-5w1s+running-batch-norm-seed3"
+    assert table1.record_name("mlp-5w1s", dict(model="mlp", seed=0)) == "mlp-5w1s"
+
+
 def test_first_point_within_the_published_interval():
     rows = [dict(iteration=i, train_seconds=60 * i, test_accuracy=a) for i, a in
             [(1, 0.90), (2, None), (3, 0.983), (4, 0.99)]]
@@ -141,6 +170,10 @@ def test_total_minutes_cuts_the_last_budget_and_starts_no_cell_after_it(tmp_path
         minutes = float(command[command.index("--train-minutes") + 1])
         budgets.append(minutes)
         clock[0] += 60 * (minutes + 0.5)
+        run_dir = command[command.index("--out-dir") + 1]  # a finished run's config, which its record is named by
+        os.makedirs(run_dir)
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(dict(model="cnn", seed=0), f)
         return 0, []
     monkeypatch.setattr(table1, "train", train_for_its_budget_and_a_half_minute)
     monkeypatch.setattr(table1.time, "monotonic", lambda: clock[0])
