@@ -121,10 +121,11 @@ def own_window(checkpoint, rank, world_size, metrics, replicated=()):
     takes the sums over the old processes and the others zeros, as a metrics row
     adds up the processes' means, except for the metrics every process holds alike
     (their indices in replicated), copied. A checkpoint written before windows of
-    every process were kept holds process 0's alone."""
+    every process were kept holds process 0's alone ("window"); one of them it must
+    hold (lifecycle refuses a checkpoint without)."""
     if checkpoint is None:
         return [[] for _ in range(metrics)]
-    windows = checkpoint.get("windows", [checkpoint.get("window", [[] for _ in range(metrics)])])
+    windows = checkpoint["windows"] if "windows" in checkpoint else [checkpoint["window"]]
     if len(windows) == world_size:
         return windows[rank]
     own = []

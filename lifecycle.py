@@ -388,6 +388,8 @@ class Run:
             columns = ["iteration", "train_seconds", *recorded, *evaluated]
             self.metrics = files.MetricsLog(self.path("metrics.csv"), columns,
                                             resume_iteration=self.iteration if self.checkpoint else None)
+        if self.checkpoint and not {"windows", "window"} & self.checkpoint.keys():  # the next row needs them
+            fail(f"{self.path('checkpoint.pt')} is damaged (it lacks windows); resume from a copy or start a new run")
         windows = distributed.own_window(self.checkpoint, self.rank, self.world_size, metrics=len(recorded),
                                          replicated=[recorded.index(name) for name in same_in_every_process])
         self.windows = {name: restored_window(values, self.device) for name, values in zip(recorded, windows)}

@@ -124,6 +124,52 @@ def test_two_processes_give_the_meta_gradient_of_one(tmp_path, problem, algorith
     assert relative_error(torch.load(path), expected) < 1e-12
 
 
+def metasgd_updates_of_every_network(rank, world_size):
+    """Meta-SGD's meta-update (an SGD step of 1) with each named network, its inner loop
+    adapting what the network says: the step sizes of the parameters it leaves alone get no
+    gradient, in any process."""
+    updated = {}
+    for name, net in models.CONV_NETS.items():
+        forward, loss_fn, network, support, query, lr = functools.partial(PROBLEMS["cnn"], net=net)(
+            torch.Generator().manual_seed(5))
+        learner = meta_learning.Learner(
+            forward, loss_fn, meta_batch_size=support[0].shape[0], meta_iterations=10, inner_steps=1, inner_lr=lr,
+            adapted=net.inner_loop_mask(len(network)), n_classes=3,
+            sum_across=functools.partial(distributed.sum_across, world_size=world_size))
+        params = meta_learning.ALGORITHMS["metasgd"].parameters(learner, network, None)
+        meta_learning.ALGORITHMS["metasgd"].meta_update(
+            learner, params, torch.optim.SGD(params, lr=1.0), distributed.take_share(support, rank, world_size),
+            distributed.take_share(query, rank, world_size), iteration=0)
+        updated[name] = [p.detach() for p in params]
+    return updated
+
+
+def _metasgd_networks_worker(rank, world_size, port, path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.set_default_dtype(torch.float64)
+    result = metasgd_updates_of_every_network(rank, world_size)
+    if rank == 0:
+        torch.save(result, path)
+    dist.barrier()
+    os._exit(0)
+
+
+def test_metasgd_with_every_network_in_two_processes_updates_as_one(tmp_path):
+    torch.set_default_dtype(torch.float64)
+    try:
+        expected = metasgd_updates_of_every_network(0, 1)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    path = tmp_path / "result.pt"
+    mp.spawn(_metasgd_networks_worker, args=(2, free_port(), str(path)), nprocs=2)
+    updated = torch.load(path)
+    assert list(updated) == list(models.CONV_NETS)
+    for name in models.CONV_NETS:
+        assert relative_error(updated[name], expected[name]) < 1e-12, name
+
+
 def _die_before_all_reduce_worker(rank, world_size, port, path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)

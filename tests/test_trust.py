@@ -628,6 +628,22 @@ def test_a_checkpoint_whose_tensors_do_not_fit_the_run_is_one_line(tmp_path, cap
     assert err == f"error: {path} does not fit this run: {expected}; resume from a copy or start a new run"
 
 
+def test_a_checkpoint_without_its_metric_windows_is_one_line(tmp_path, capsys):
+    """A checkpoint taken between rows holds the values of the iterations since the last row,
+    which the next row averages; one without them is refused, not used with empty windows
+    (a row of fewer iterations than log_every)."""
+    sinusoid_maml.main([*SINE_QUICK, "--log-every", "4", "--out-dir", str(tmp_path)])
+    path = tmp_path / "checkpoint.pt"
+    checkpoint = load_file(path)
+    del checkpoint["windows"]
+    checkpoint["checksum"] = files.checksum(checkpoint)
+    torch.save(checkpoint, path)
+    capsys.readouterr()
+    err = one_line_exit(capsys, lambda: sinusoid_maml.main([*SINE_QUICK, "--resume", "--meta-iterations", "12",
+                                                            "--out-dir", str(tmp_path)]))
+    assert err == f"error: {path} is damaged (it lacks windows); resume from a copy or start a new run"
+
+
 def test_a_checkpoint_without_a_checksum_is_checked_for_fit_and_used_with_a_warning(tmp_path, capsys):
     sinusoid_maml.main([*SINE_QUICK, "--out-dir", str(tmp_path)])
     path = tmp_path / "checkpoint.pt"
