@@ -128,8 +128,18 @@ def resolve_paper_defaults(cfg):
     for key, value in paper.items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
-    cfg.train_way = cfg.train_way or cfg.n_way
-    cfg.train_queries = cfg.train_queries or cfg.k_shot
+    cfg.train_way = cfg.n_way if cfg.train_way is None else cfg.train_way
+    cfg.train_queries = cfg.k_shot if cfg.train_queries is None else cfg.train_queries
+
+
+def refuse_step_settings(cfg, given):
+    """One line for a setting of gradient steps given to an algorithm that predicts in one pass
+    (checked again once a resumed or tested run's own algorithm is known)."""
+    if not meta_learning.ALGORITHMS[cfg.algorithm].steps:
+        for key in STEP_KEYS:
+            if key in given:
+                utils.fail(f"--{key.replace('_', '-')} does not apply to {cfg.algorithm}, which predicts in one "
+                           f"pass from the support set, without gradient steps")
 
 
 def validate(cfg, given):
@@ -145,13 +155,9 @@ def validate(cfg, given):
     if cfg.batch_norm == "running" and cfg.algorithm not in meta_learning.RUNNING_BATCH_NORM:
         utils.fail(f"--batch-norm running applies to {', '.join(meta_learning.RUNNING_BATCH_NORM)}, not "
                    f"{cfg.algorithm}, whose test adapts each task with its own images' statistics")
+    refuse_step_settings(cfg, given)
     algorithm = meta_learning.choose(cfg.algorithm, cfg.batch_norm)
-    if not algorithm.steps:
-        for key in STEP_KEYS:
-            if key in given:
-                utils.fail(f"--{key.replace('_', '-')} does not apply to {cfg.algorithm}, which predicts in one "
-                           f"pass from the support set, without gradient steps")
-    else:
+    if algorithm.steps:
         settings.check_settings(cfg, at_least=dict(test_steps=1), positive=("inner_lr",))
     if cfg.train_way != cfg.n_way and not algorithm.any_way:
         utils.fail(f"--train-way {cfg.train_way} differs from --n-way {cfg.n_way}: {cfg.algorithm}'s network has "
@@ -252,6 +258,7 @@ def main(argv=None):
                         free_on_resume=meta_learning.free_on_resume,
                         free_when_testing=TEST_ONLY_KEYS)
     cfg, device = run.cfg, run.device
+    refuse_step_settings(cfg, given)
 
     # ---- data ---------------------------------------------------------------
     samplers = task_samplers(cfg, run)

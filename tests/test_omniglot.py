@@ -315,7 +315,7 @@ SYNTHETIC_SETTINGS = {"reptile": ["--reptile-train-shots", "4"], "protonet": ["-
 
 @pytest.mark.parametrize("algorithm", meta_learning.ALGORITHMS)
 def test_every_algorithm_gives_the_same_outputs_and_adapts_at_test_as_it_trains(synthetic_dir, tmp_path, monkeypatch,
-                                                                                algorithm):
+                                                                                capsys, algorithm):
     evaluate, head_only = meta_learning.evaluate, []
 
     def recorded(*args, **kwargs):
@@ -339,6 +339,15 @@ def test_every_algorithm_gives_the_same_outputs_and_adapts_at_test_as_it_trains(
     assert list(rows[0]) == ["iteration", "train_loss", "train_accuracy", "validation_accuracy", "test_accuracy",
                              "test_ci95"]
     assert all(0 <= float(row["train_accuracy"]) <= 1 for row in rows)
+    if not steps:  # tested again with gradient steps: refused as training refuses them, nothing written
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            omniglot_maml.main(["--eval-only", "--test-steps", "3", "--data-dir", str(synthetic_dir),
+                                "--out-dir", str(out)])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"error: --test-steps does not apply to {algorithm}, which predicts in " \
+                                          f"one pass from the support set, without gradient steps\n"
+        assert not list(out.glob("results-*"))
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile", "metasgd", "protonet", "cnp"])
@@ -440,6 +449,10 @@ def test_a_finished_run_continues_with_more_iterations_or_minutes(synthetic_dir,
     (["--algorithm", "protonet", "--n-way", "2", "--train-way", "40"],
      "--train-way 40 exceeds the 36 classes of the background split's train set"),
     (["--algorithm", "protonet", "--n-way", "2", "--k-shot", "5", "--train-queries", "16"], "needs 21 drawers"),
+    (["--algorithm", "protonet", "--train-way", "0"], "--train-way must be at least 2, got 0"),
+    (["--algorithm", "protonet", "--train-queries", "0"], "--train-queries must be at least 1, got 0"),
+    (["--algorithm", "maml", "--batch-norm", "running"], "--batch-norm running applies to protonet, not maml"),
+    (["--batch-norm", "none"], "--batch-norm must be one of transductive, running"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(synthetic_dir, tmp_path, capsys, args, message):
     # Background split of the synthetic data: 1 validation alphabet of 3 characters.
@@ -449,6 +462,15 @@ def test_bad_input_is_one_line_and_exit_code_2(synthetic_dir, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("flag", ["--train-way", "--train-queries"])
+def test_zero_training_classes_or_queries_are_refused_before_any_download(tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        omniglot_maml.main(["--algorithm", "protonet", flag, "0", "--data-dir", str(tmp_path / "data"),
+                            "--out-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2 and "must be at least" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("damage", ["layout", "zip"])
