@@ -168,6 +168,14 @@ LAUNCHER_ENV = "MAML_LAUNCHER"  # how the processes were started, for the comman
 FAILURE_GRACE_SECONDS = 10  # the others' time to end by themselves after one process failed
 
 
+def failed_first(codes):
+    """(rank, exit code) of the process to blame among those seen failed in one look, None if
+    none: one that a signal ended (the others often fail because of it), else the first in
+    rank order."""
+    failed = [(code >= 0, rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
+    return min(failed)[1:] if failed else None
+
+
 def launch(processes, script_and_args):
     """Start `processes` copies of a script on this machine as one process group,
     with the environment torchrun gives its workers (one thread each unless
@@ -175,8 +183,9 @@ def launch(processes, script_and_args):
     process once (they run in a session of their own, so that a terminal's Ctrl-C
     reaches them only through here). Returns the exit code: the signal's (130,
     143) when every process stopped on it, else that of the first process to
-    fail in time, named in a line (the others are ended FAILURE_GRACE_SECONDS
-    later), else 0."""
+    fail in time (of those seen failed at once, one a signal ended: 128 + the
+    signal), named in a line (the others are ended FAILURE_GRACE_SECONDS later),
+    else 0."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -198,7 +207,7 @@ def launch(processes, script_and_args):
     first_failure = None  # (rank, exit code) of the first process seen to fail
     while None in (codes := [worker.poll() for worker in workers]):  # every process looked at, each time
         if first_failure is None and not received:
-            first_failure = next(((rank, code) for rank, code in enumerate(codes) if code not in (None, 0)), None)
+            first_failure = failed_first(codes)
             failed_at = time.monotonic()
         if first_failure is not None and time.monotonic() - failed_at > FAILURE_GRACE_SECONDS:
             for worker in workers:
@@ -207,8 +216,8 @@ def launch(processes, script_and_args):
         time.sleep(0.1)
     if received and all(code == 128 + received[0] for code in codes):
         return 128 + received[0]
-    if first_failure is None:  # they ended within one look, or after a signal: the first in rank order
-        first_failure = next(((rank, code) for rank, code in enumerate(codes) if code != 0), (0, 0))
+    if first_failure is None:  # they ended within one look, or after a signal
+        first_failure = failed_first(codes) or (0, 0)
     rank, code = first_failure
     if code not in (0, 2):  # 2: bad input, which process 0 has said in one line
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
@@ -225,4 +234,6 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.processes < 1:
         parser.error(f"--processes must be at least 1, got {arguments.processes}")
+    if not os.path.isfile(arguments.script):
+        parser.error(f"no script {arguments.script} to start")
     sys.exit(launch(arguments.processes, [arguments.script, *arguments.args]))

@@ -739,6 +739,7 @@ def test_three_processes_say_a_bad_input_once(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--processes", "0", "sinusoid_maml.py"], "error: --processes must be at least 1, got 0\n"),
     (["sinusoid_maml.py"], "error: the following arguments are required: --processes\n"),
+    (["--processes", "2", "sinusoid_mal.py", "--seed", "1"], "error: no script sinusoid_mal.py to start\n"),
 ])
 def test_the_launchers_own_errors_are_one_line(args, message):
     result = subprocess.run([sys.executable, "distributed.py", *args], cwd=ROOT, capture_output=True, text=True,
