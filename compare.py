@@ -284,6 +284,9 @@ def main(argv=None):
     minutes, iterations = (numbers(args, key) for key in ("minutes", "iterations"))
     if args.figure and not os.path.isdir(os.path.dirname(os.path.abspath(args.figure))):
         utils.fail(f"--figure {args.figure}: the folder {os.path.dirname(args.figure) or '.'} does not exist")
+    missing = [folder for folder in args.runs if not os.path.exists(folder)]
+    if missing:
+        utils.fail(f"{missing[0]} does not exist")
     run_dirs = []
     for folder in args.runs:
         found = finished_runs(folder)

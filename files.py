@@ -32,18 +32,21 @@ def _strict(data):
 
 
 def write_file(path, write, mode="w", optional=False):
-    """Write a file through write(f) into path.tmp, then rename it into place, so
+    """Write a file through write(f) into a temporary file, then rename it into place, so
     that a kill mid-write never leaves a broken file. A failed write (a full
     disk) removes the temporary file and stops the run in one line, exit code 1:
     the files written before, the last checkpoint among them, are intact. An
     optional file (a cache) that cannot be written returns the error instead."""
+    # An optional file may be shared by runs (the data cache) and written by two at once:
+    # each writes a temporary file of its own. A run's own files are its alone (its folder is locked).
+    temporary = f"{path}.{os.getpid()}.tmp" if optional else path + ".tmp"
     try:
-        with open(path + ".tmp", mode) as f:
+        with open(temporary, mode) as f:
             write(f)
-        os.replace(path + ".tmp", path)
+        os.replace(temporary, path)
     except OSError as error:
         with contextlib.suppress(OSError):
-            os.remove(path + ".tmp")
+            os.remove(temporary)
         if optional:
             return error
         fail(f"cannot write {path} ({error.strerror or error}); the files written before it are intact", code=1)

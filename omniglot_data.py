@@ -163,10 +163,22 @@ def _read_image(archive, path, member):
 
 
 def _archive_stamp(path):
-    """What the cache records of an archive (or extracted folder) it was built from."""
+    """What the cache records of an archive (or extracted folder) it was built from: its size
+    and time; a folder's file count and a digest of each file's name, size and time, so that
+    any file replaced, whatever its time, makes the cache stale."""
     if os.path.isdir(path):
-        stats = [os.stat(os.path.join(folder, name)) for folder, _, names in os.walk(path) for name in names]
-        return f"{os.path.basename(path)}/:{len(stats)}:{int(max((s.st_mtime for s in stats), default=0))}"
+        digest, count = hashlib.sha256(), 0
+        for folder, _, names in sorted(os.walk(path)):
+            for name in sorted(names):
+                member = os.path.join(folder, name)
+                try:
+                    stat = os.stat(member)
+                except OSError as error:  # a dangling link, a file that went away
+                    raise DataError(f"{path}: cannot read {os.path.relpath(member, path)} "
+                                    f"({error.strerror})") from None
+                digest.update(f"{os.path.relpath(member, path)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+                count += 1
+        return f"{os.path.basename(path)}/:{count}:{digest.hexdigest()[:16]}"
     stat = os.stat(path)
     return f"{os.path.basename(path)}:{stat.st_size}:{int(stat.st_mtime)}"
 

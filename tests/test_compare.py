@@ -104,6 +104,7 @@ def test_bad_records_and_arguments_are_one_line_before_any_table(tmp_path):
          f"error: --figure {tmp_path / 'nowhere' / 'x.png'}: the folder {tmp_path / 'nowhere'} does not exist\n"),
         ((), "error: the following arguments are required: runs\n"),
         ((tmp_path / "ok", "--colour", "red"), "error: unrecognized arguments: --colour red\n"),
+        ((tmp_path / "ok", tmp_path / "nowhere"), f"error: {tmp_path / 'nowhere'} does not exist\n"),
     ]
     for args, message in cases:
         result = compare(*args)

@@ -112,6 +112,67 @@ def test_extracted_archives_are_read_as_the_zip_files(tmp_path, small_layout):
         omniglot_data.load_omniglot(str(extracted))
 
 
+def extracted_small_release(tmp_path):
+    extracted = tmp_path / "extracted"
+    extracted.mkdir()
+    for set_name, (alphabets, characters) in SMALL.items():
+        write_archive(tmp_path / f"{set_name}.zip", set_name, alphabets, characters)
+        with zipfile.ZipFile(tmp_path / f"{set_name}.zip") as archive:
+            archive.extractall(extracted)
+    return extracted
+
+
+def test_a_png_replaced_by_an_older_one_makes_the_cache_stale(tmp_path, small_layout):
+    extracted = extracted_small_release(tmp_path)
+    images, _ = omniglot_data.load_omniglot(str(extracted))
+    folder = extracted / "images_background" / "Alphabet_0" / "character01"
+    first, second = sorted(folder.glob("*.png"))[:2]
+    newest = max(os.stat(p).st_mtime_ns for p in extracted.rglob("*.png"))
+    stamp = omniglot_data._archive_stamp(str(extracted / "images_background"))
+    os.utime(first, ns=(newest - 10**9, newest - 10**9))  # only its time, older than the newest file's
+    assert omniglot_data._archive_stamp(str(extracted / "images_background")) != stamp
+    first.write_bytes(second.read_bytes())  # another drawing in its place, its time older than the newest
+    os.utime(first, ns=(newest - 10**9, newest - 10**9))
+    again, _ = omniglot_data.load_omniglot(str(extracted))
+    assert np.array_equal(again[0, 0], again[0, 1]) and not np.array_equal(images[0, 0], again[0, 0])
+
+
+def test_a_dangling_link_in_an_extracted_folder_is_one_line(tmp_path, small_layout, capsys):
+    extracted = extracted_small_release(tmp_path)
+    png = next((extracted / "images_background" / "Alphabet_1" / "character02").glob("*_07.png"))
+    png.unlink()
+    png.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(SystemExit) as exit_info:
+        omniglot_maml.main(["--data-dir", str(extracted), "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err == f"error: {extracted / 'images_background'}: cannot read Alphabet_1/character02/{png.name} " \
+                  f"(No such file or directory)\n"
+
+
+def test_two_runs_building_one_cache_at_once_each_write_their_own_temporary_file(tmp_path, small_layout, monkeypatch,
+                                                                                  capsys):
+    """While this process writes the cache, another (here the same code under another process
+    id) builds and renames it: neither disturbs the other's temporary file."""
+    extracted = extracted_small_release(tmp_path)
+    savez, pid, nested = np.savez, os.getpid(), []
+
+    def savez_while_another_writes(f, **arrays):
+        savez(f, **arrays)
+        if not nested:
+            nested.append(1)
+            monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+            omniglot_data.load_omniglot(str(extracted))
+            monkeypatch.setattr(os, "getpid", lambda: pid)
+    monkeypatch.setattr(omniglot_data.np, "savez", savez_while_another_writes)
+    images, _ = omniglot_data.load_omniglot(str(extracted))
+    assert "warning" not in capsys.readouterr().err
+    assert sorted(p.name for p in extracted.iterdir()) == sorted(["images_background", "images_evaluation",
+                                                                  omniglot_data.CACHE_NAME])
+    monkeypatch.setattr(omniglot_data.np, "savez", lambda *a, **k: pytest.fail("the cache was not used"))
+    assert np.array_equal(omniglot_data.load_omniglot(str(extracted))[0], images)
+
+
 @pytest.fixture
 def small_layout(monkeypatch):
     monkeypatch.setattr(omniglot_data, "EXPECTED_LAYOUT", {s: (a, a * c) for s, (a, c) in SMALL.items()})
