@@ -146,13 +146,16 @@ def resumed_config(checkpoint, cfg, given, defaults, also_free=frozenset()):
 # ---- Time: training time so far, and the time left -------------------------------
 class Stopwatch:
     """Training time so far: the seconds since it started, plus those of earlier
-    invocations of the run, less the spans run under untimed()."""
+    invocations of the run, less the spans run under untimed(); fixed once stopped."""
 
     def __init__(self, seconds_before=0.0):
-        self.since = time.perf_counter() - seconds_before
+        self.since, self.stopped_at = time.perf_counter() - seconds_before, None
 
     def seconds(self):
-        return time.perf_counter() - self.since
+        return self.stopped_at if self.stopped_at is not None else time.perf_counter() - self.since
+
+    def stop(self):
+        self.stopped_at = self.seconds()
 
     @contextlib.contextmanager
     def untimed(self):
@@ -163,18 +166,25 @@ class Stopwatch:
 
 class DurationForecast:
     """Says once (process 0 only), after the first `after` iterations of this
-    invocation, how long the iterations left will take at the rate measured over them."""
+    invocation, how long the iterations left will take at the rate measured over them,
+    or the time budget left (budget_left(), seconds; None: no budget) where that is less."""
 
-    def __init__(self, start, total, rank=0, after=20):
-        self.start, self.total, self.rank, self.after = start, total, rank, after
+    def __init__(self, start, total, rank=0, after=20, budget_left=None):
+        self.start, self.total, self.rank, self.after, self.budget_left = start, total, rank, after, budget_left
         self.clock = time.perf_counter()
 
     def update(self, done):
         if self.rank == 0 and done - self.start == self.after and done < self.total:
             per_iteration = (time.perf_counter() - self.clock) / self.after
-            tqdm.tqdm.write(f"expected: ~{duration(per_iteration * (self.total - done))} for the "
-                            f"{self.total - done:,} iterations left ({per_iteration:.3g} s per iteration over "
-                            f"the first {self.after}; validation and test come on top)")
+            left = self.total - done
+            rate = f"{per_iteration:.3g} s per iteration over the first {self.after}; validation and test come on top"
+            budget = self.budget_left() if self.budget_left else math.inf
+            if budget < per_iteration * left:
+                tqdm.tqdm.write(f"expected: ~{duration(budget)}, when --train-minutes stops the run after about "
+                                f"{int(budget / per_iteration):,} of the {left:,} iterations left ({rate})")
+            else:
+                tqdm.tqdm.write(f"expected: ~{duration(per_iteration * left)} for the {left:,} iterations left "
+                                f"({rate})")
 
 
 def duration(seconds):
@@ -398,18 +408,23 @@ class Run:
             print(f"--train-minutes {train_minutes}: the run's budget is spent; testing it again")
         training = not (self.evaluating_only or budget_spent)
         start = self.iteration
-        self.progress = progress(range(start, total if training else start), initial=start, total=total,
-                                 desc=description, disable=self.rank > 0 or not training)
         self.stopwatch = Stopwatch(self.train_seconds)
-        self.forecast = DurationForecast(start, total, self.rank, after=log_every)
+        self.progress = progress(range(start, total if training else start), initial=start, total=total,
+                                 desc=description, disable=self.rank > 0 or not training, clock=self.stopwatch.seconds)
+        self.forecast = DurationForecast(start, total, self.rank, after=log_every,
+                                         budget_left=(lambda: self.budget - self.stopwatch.seconds()) if self.budget
+                                         else None)
         for iteration in self.progress:
             signals.stop_if_requested(iteration, lambda: self._save_checkpoint(iteration), self.script, self.argv,
                                       self.rank, self.world_size, self.device)
             self.done, self.row, self.due = iteration + 1, None, Due()
             yield iteration
             if self.row is not None and self._end_row():
+                self.progress.n = self.done  # the bar counts an iteration when the next one starts
+                self.progress.close()
                 if self.rank == 0:
-                    print(f"\n--train-minutes {train_minutes}: stopped after iteration {self.done}")
+                    print(f"\n--train-minutes {train_minutes}: stopped after iteration {self.done}, "
+                          f"{self.train_seconds:.0f} s of training")
                 break
         self.progress.close()
         signals.stop_at_once_from_now(self.script, self.argv, self.rank, self.world_size)
@@ -471,6 +486,8 @@ class Run:
         """Write the open row and, when due, the checkpoint. True when the time budget stops the run."""
         if self.rank == 0:
             self.metrics.log(**self.row)  # before the checkpoint, so a resume never loses a row
+        if self.out_of_time:  # training ends here: the checkpoint, the bar and the results say one time
+            self.stopwatch.stop()
         if self.due.checkpoint:
             self.iteration, self.train_seconds = self.done, self._save_checkpoint(self.done)
         shown = {name: f"{self.row[name]:.3g}" for name in self.recorded}

@@ -323,8 +323,8 @@ def main(argv=None):
     if run.rank > 0:
         return results
     run.save_results(results)
-    print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot: the best validation at iteration "
-          f"{run.best['iteration']}, after {run.train_seconds:.0f} s of training")
+    print(f"{cfg.algorithm} {cfg.split} {cfg.n_way}-way {cfg.k_shot}-shot: {run.iteration} iterations, "
+          f"{run.train_seconds:.0f} s of training; the best validation at iteration {run.best['iteration']}")
     reports.print_accuracy_by_step(test_accuracy, cfg.test_tasks, cfg.test_steps)
 
     # ---- plots --------------------------------------------------------------

@@ -82,26 +82,28 @@ def device_name(device, world_size):
 PLAIN_PROGRESS_SECONDS = 60  # between the lines of progress written where no terminal shows a bar
 
 
-def progress(iterable, *, desc, total=None, initial=0, disable=False, transient=False):
+def progress(iterable, *, desc, total=None, initial=0, disable=False, transient=False, clock=None):
     """A tqdm progress bar on a terminal. Where the output is not a terminal (a log
     file), a bar's redraws would fill it: then a plain line every PLAIN_PROGRESS_SECONDS
-    and one at the end, and none at all for a transient bar (validation, test)."""
+    and one at the end, and none at all for a transient bar (validation, test); with
+    clock (seconds of training so far), the lines say that time rather than the wall clock's."""
     import tqdm
     if disable or sys.stderr.isatty():
         return tqdm.tqdm(iterable, desc=desc, total=total, initial=initial, disable=disable, leave=not transient,
                          dynamic_ncols=True)
     if transient:
         return tqdm.tqdm(iterable, disable=True)
-    return PlainProgress(iterable, desc, total, initial)
+    return PlainProgress(iterable, desc, total, initial, clock)
 
 
 class PlainProgress:
     """The part of tqdm's interface the scripts use, as plain lines on stderr."""
 
-    def __init__(self, iterable, desc, total, initial):
+    def __init__(self, iterable, desc, total, initial, clock=None):
         self.iterable, self.desc, self.total, self.n, self.postfix = iterable, desc, total, initial, ""
         self.first, self.started = initial, time.monotonic()
         self.last_line = self.started
+        self.clock, self.clock_start = clock, clock() if clock else None
 
     def __iter__(self):
         for item in self.iterable:
@@ -112,9 +114,10 @@ class PlainProgress:
 
     def line(self):
         self.last_line = time.monotonic()
-        seconds = self.last_line - self.started
+        seconds = self.clock() - self.clock_start if self.clock else self.last_line - self.started
         rate = (self.n - self.first) / seconds if seconds > 0 else 0.0
-        sys.stderr.write(f"{self.desc}: {self.n:,}/{self.total:,} after {seconds:.0f} s ({rate:.3g} it/s)"
+        after = f"{self.clock():.0f} s of training" if self.clock else f"{seconds:.0f} s"
+        sys.stderr.write(f"{self.desc}: {self.n:,}/{self.total:,} after {after} ({rate:.3g} it/s)"
                          f"{self.postfix}\n")
         sys.stderr.flush()
 

@@ -113,7 +113,10 @@ def test_training_time_excludes_untimed_tests_and_the_budget_stops_with_a_checkp
     dues, _ = train(run, total=100, clock=clock, seconds_per_iteration=10, test_seconds=1000, train_minutes=0.5,
                     test_every=2)
     assert max(dues) == 3 and dues[3].checkpoint and dues[3].test  # 30 s: stopped at once, validated and tested
-    assert "--train-minutes 0.5: stopped after iteration 3" in capsys.readouterr().out
+    said = capsys.readouterr()
+    # One iteration count and one time: the stop line, the progress line (a log file's) and the checkpoint.
+    assert "--train-minutes 0.5: stopped after iteration 3, 30 s of training" in said.out
+    assert said.err.splitlines()[-1].startswith("toy: 3/100 after 30 s of training")
     rows = metrics_rows(tmp_path / "metrics.csv")
     assert [int(r["iteration"]) for r in rows] == [2, 3]
     assert load_file(tmp_path / "checkpoint.pt")["train_seconds"] == run.train_seconds == 30

@@ -592,6 +592,12 @@ def test_the_expected_duration_is_said_once_after_the_first_iterations(monkeypat
     out = capsys.readouterr().out
     assert out.count("expected:") == 1
     assert "expected: ~8 min for the 980 iterations left (0.5 s per iteration over the first 20" in out
+    budget = lifecycle.DurationForecast(start=50, total=1050, rank=0, after=20, budget_left=lambda: 180.0)
+    for done in range(51, 71):
+        clock[0] += 0.5
+        budget.update(done)
+    assert "expected: ~3 min, when --train-minutes stops the run after about 360 of the 980 iterations left " \
+           "(0.5 s per iteration over the first 20" in capsys.readouterr().out
 
 
 # ---- checkpoints validated by content -----------------------------------------------
