@@ -296,6 +296,7 @@ class Run:
         self.threads_line = use_threads(threads)
         self.rank, self.world_size, self.device = distributed.setup(device)  # 1 process unless launched with more
         settings.check_tasks_per_process(self.world_size, **shared_tasks)
+        self.meta_batch_size = shared_tasks.get("meta_batch_size")
         self.dir = cfg.out_dir or default_run_dir(experiment, folder, cfg, given, named_keys,
                                                   also_free=free_on_resume(vars(cfg)))
         self.evaluating_only = getattr(cfg, "eval_only", False)
@@ -326,6 +327,27 @@ class Run:
 
     def path(self, name):
         return os.path.join(self.dir, name)
+
+    # ---- the processes of the run: each works on its share of the tasks (one process: all of them)
+    def share(self, n_tasks):
+        """This process's slice of n tasks that every process draws alike."""
+        return distributed.share(n_tasks, self.rank, self.world_size)
+
+    def take_share(self, tensors):
+        """This process's share of tensors that have a leading task dimension."""
+        return distributed.take_share(tensors, self.rank, self.world_size)
+
+    def gather(self, rows):
+        """Every process's rows (per task, from take_share or share), joined in task order."""
+        return distributed.gather_rows(rows, self.world_size)
+
+    def sum_across(self, tensors):
+        """The tensors summed over the processes."""
+        return distributed.sum_across(tensors, self.world_size)
+
+    def first_process_first(self):
+        """A context whose block process 0 runs before the others (building a cache)."""
+        return distributed.rank_zero_first(self.rank, self.world_size)
 
     def start(self, *lines):
         """Say what runs (its settings, folder, the given lines; process 0) and save
@@ -381,14 +403,19 @@ class Run:
                          f"resume from a copy or start a new run")
 
     # ---- the training loop's side of the run ----
-    def iterations(self, total, *, recorded, evaluated=(), same_in_every_process=(), log_every, checkpoint_every,
-                   test_every=0, train_minutes=0.0, description):
+    def iterations(self, total, *, recorded, evaluated=(), same_in_every_process=(), own_task_means=(), log_every,
+                   checkpoint_every, test_every=0, train_minutes=0.0, description):
         """The iterations left of `total`: from the checkpoint's on a resume, none
         for --eval-only or a spent time budget. Each iteration must record() its
         values. `recorded` names them (in order), `evaluated` names the other
-        columns of metrics.csv; same_in_every_process: recorded values that every
-        process holds whole (not a share), averaged but not summed."""
+        columns of metrics.csv; a recorded value is this process's share of a
+        meta-batch mean unless named in same_in_every_process (every process holds
+        it whole: averaged, not summed) or own_task_means (a mean over this process's
+        own tasks of the meta-batch: weighted by its share of them)."""
         self.recorded, self.evaluated, self.same_in_every_process = recorded, evaluated, same_in_every_process
+        my_tasks = self.share(self.meta_batch_size) if own_task_means else slice(0, 0)
+        self.weights = {name: (my_tasks.stop - my_tasks.start) / self.meta_batch_size if name in own_task_means
+                        else 1 for name in recorded}
         self.keeps_best = "validation_accuracy" in evaluated
         if self.keeps_best and self.checkpoint:
             self._restore_best()
@@ -434,7 +461,7 @@ class Run:
         mean, or a whole value for same_in_every_process), kept until the next row.
         Returns what is due now (Due); a row is then open for log() and validated()."""
         for name, value in values.items():
-            self.windows[name].append(value.detach())
+            self.windows[name].append(value.detach() * self.weights[name])
         self.forecast.update(self.done)
         over_budget = 0 < self.budget <= self.stopwatch.seconds()
         out_of_time = over_budget and self.world_size == 1  # several processes agree to stop at a row

@@ -25,7 +25,6 @@ import math  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import distributed  # noqa: E402
 import lifecycle  # noqa: E402
 import meta_learning  # noqa: E402
 import models  # noqa: E402
@@ -224,7 +223,7 @@ def algorithm_setup(cfg, algorithm, forward, features, adapted, device, sum_acro
 
 def task_samplers(cfg, run):
     """Task samplers of the split's meta-training, validation and test characters."""
-    with distributed.rank_zero_first(run.rank, run.world_size):  # process 0 builds the cache
+    with run.first_process_first():  # it builds the cache
         try:
             images, names = omniglot_data.load_omniglot(cfg.data_dir)
         except omniglot_data.DataError as error:
@@ -270,9 +269,8 @@ def main(argv=None):
     init_generator = torch.Generator().manual_seed(cfg.seed)
     network, forward, features, network_mask = build_network(cfg.model, cfg.n_way, init_generator, device)
     adapted = meta_learning.inner_loop_mask(len(network), network_mask, algorithm.head_only)
-    learner, train_tasks, adaptation = algorithm_setup(
-        cfg, algorithm, forward, features, adapted, device,
-        functools.partial(distributed.sum_across, world_size=run.world_size))
+    learner, train_tasks, adaptation = algorithm_setup(cfg, algorithm, forward, features, adapted, device,
+                                                       run.sum_across)
     params = algorithm.parameters(learner, network, init_generator)
     optimizer = torch.optim.Adam(params, lr=cfg.meta_lr)
     task_generator = torch.Generator().manual_seed(cfg.seed)
@@ -283,26 +281,23 @@ def main(argv=None):
         or predicted in one pass, (tasks, 1)."""
         n_tasks, seed = (cfg.validation_tasks, VALIDATION_SEED) if part == "validation" else (cfg.test_tasks, TEST_SEED)
         support, query = samplers[part].sample(n_tasks, cfg.n_way, cfg.k_shot, cfg.k_shot,
-                                               torch.Generator().manual_seed(seed),
-                                               distributed.share(n_tasks, run.rank, run.world_size))
+                                               torch.Generator().manual_seed(seed), run.share(n_tasks))
         per_task = meta_learning.evaluate(
             algorithm, learner, accuracy, params, support, query, steps, chunk_size=CHUNK_TASKS,
             progress=f"{part} on {n_tasks} tasks" if run.rank == 0 else None, **adaptation)
-        return distributed.gather_rows(per_task.cpu(), run.world_size)
+        return run.gather(per_task.cpu())
 
     # ---- meta-training ------------------------------------------------------
-    # Every process draws the same meta-batches and builds only its share of the tasks.
-    my_tasks = distributed.share(cfg.meta_batch_size, run.rank, run.world_size)
-    share_of_batch = (my_tasks.stop - my_tasks.start) / cfg.meta_batch_size
+    my_tasks = run.share(cfg.meta_batch_size)  # every process draws each meta-batch and builds its share of it
     for iteration in run.iterations(
-            cfg.meta_iterations, recorded=("train_loss", "train_accuracy"),
+            cfg.meta_iterations, recorded=("train_loss", "train_accuracy"), own_task_means=("train_accuracy",),
             evaluated=("validation_accuracy", "test_accuracy", "test_ci95"), log_every=cfg.log_every,
             checkpoint_every=cfg.validate_every, test_every=cfg.test_every, train_minutes=cfg.train_minutes,
             description=f"{cfg.algorithm} {cfg.n_way}-way {cfg.k_shot}-shot"):
         # ALGORITHM: a meta-update on a meta-batch of training tasks
         support, query = samplers["train"].sample(cfg.meta_batch_size, *train_tasks, task_generator, my_tasks)
         loss, predictions, labels = algorithm.meta_update(learner, params, optimizer, support, query, iteration)
-        due = run.record(train_loss=loss, train_accuracy=accuracy(predictions, labels) * share_of_batch)
+        due = run.record(train_loss=loss, train_accuracy=accuracy(predictions, labels))
         # every validate_every iterations: validate and keep the best parameters (a checkpoint follows)
         if due.checkpoint:
             run.validated(evaluate("validation", params)[:, -1].nanmean().item(), params)

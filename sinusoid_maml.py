@@ -27,7 +27,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-import distributed  # noqa: E402
 import files  # noqa: E402
 import lifecycle  # noqa: E402
 import meta_learning  # noqa: E402
@@ -129,7 +128,7 @@ def main(argv=None):
         dict(inner_steps=cfg.inner_steps, inner_lr=cfg.inner_lr)
     learner = meta_learning.Learner(models.mlp, mse, meta_batch_size=cfg.meta_batch_size, features=models.mlp_features,
                                     meta_iterations=cfg.meta_iterations, meta_step=cfg.reptile_meta_step,
-                                    sum_across=functools.partial(distributed.sum_across, world_size=run.world_size),
+                                    sum_across=run.sum_across,
                                     **inner)
 
     # ---- model: the algorithm's meta-parameters and the pretrained baseline, same init
@@ -152,7 +151,7 @@ def main(argv=None):
             description=f"{cfg.algorithm} meta-training"):
         x, y, _, _ = sample_sinusoids(task_generator, cfg.meta_batch_size, 2 * k)
         # ALGORITHM: a meta-update on this process's share of the tasks, K support and K query points each
-        x_share, y_share = distributed.take_share((x, y), run.rank, run.world_size)
+        x_share, y_share = run.take_share((x, y))
         meta_loss, _, _ = algorithm.meta_update(learner, meta_params, meta_optimizer, (x_share[:, :k], y_share[:, :k]),
                                                 (x_share[:, k:], y_share[:, k:]), iteration)
         # the pretrained baseline: an Adam step on all the tasks' points pooled (cheap: every process does it)
@@ -187,10 +186,9 @@ def main(argv=None):
         results["mse"][method] = {}
         for k_eval in utils.progress(k_shots, desc=f"testing {method} on {cfg.eval_tasks} tasks", transient=True,
                                      disable=run.rank > 0):
-            per_task = evaluate(metric_fn=mse,
-                                support=distributed.take_share(support[k_eval], run.rank, run.world_size),
-                                query=distributed.take_share((query_x, query_y), run.rank, run.world_size))
-            results["mse"][method][str(k_eval)] = reports.summarize(distributed.gather_rows(per_task, run.world_size))
+            per_task = evaluate(metric_fn=mse, support=run.take_share(support[k_eval]),
+                                query=run.take_share((query_x, query_y)))
+            results["mse"][method][str(k_eval)] = reports.summarize(run.gather(per_task))
     if run.rank > 0:
         return results
     run.save_results(results)
