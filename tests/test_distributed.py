@@ -69,16 +69,28 @@ def test_shares_are_as_even_as_possible_and_cover_every_task():
 
 
 # ---- the meta-gradient of 2 processes equals that of 1 (float64) ---------------
-def _gradient_worker(rank, world_size, port, problem, algorithm, path):
+# Every case in one pair of processes: starting them is most of a case's time.
+SPREAD_CASES = [("mlp", "maml"), ("cnn", "maml"), ("mlp", "reptile"), ("cnn", "metasgd"), ("cnn", "protonet"),
+                ("cnn", "cnp"), ("mlp", "cnp")]
+
+
+def _gradient_worker(rank, world_size, port, path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.set_default_dtype(torch.float64)
-    result = spread_update(problem, algorithm, rank, world_size)
+    result = every_spread_update(rank, world_size)
     if rank == 0:
         torch.save(result, path)
     dist.barrier()
     os._exit(0)  # past the process group's C++ destructors, which can abort at exit
+
+
+def every_spread_update(rank, world_size):
+    """Each case's spread_update, and Meta-SGD's with every named network."""
+    return {**{f"{problem}-{algorithm}": spread_update(problem, algorithm, rank, world_size)
+               for problem, algorithm in SPREAD_CASES},
+            **{f"metasgd-{name}": update for name, update in metasgd_updates_of_every_network(rank, world_size).items()}}
 
 
 def spread_update(problem, algorithm, rank, world_size):
@@ -111,19 +123,6 @@ def spread_update(problem, algorithm, rank, world_size):
     return distributed.sum_across([p.grad for p in params], world_size)
 
 
-@pytest.mark.parametrize("problem, algorithm", [("mlp", "maml"), ("cnn", "maml"), ("mlp", "reptile"), ("cnn", "metasgd"),
-                                               ("cnn", "protonet"), ("cnn", "cnp"), ("mlp", "cnp")])
-def test_two_processes_give_the_meta_gradient_of_one(tmp_path, problem, algorithm):
-    torch.set_default_dtype(torch.float64)
-    try:
-        expected = spread_update(problem, algorithm, 0, 1)
-    finally:
-        torch.set_default_dtype(torch.float32)
-    path = tmp_path / "result.pt"
-    mp.spawn(_gradient_worker, args=(2, free_port(), problem, algorithm, str(path)), nprocs=2)
-    assert relative_error(torch.load(path), expected) < 1e-12
-
-
 def metasgd_updates_of_every_network(rank, world_size):
     """Meta-SGD's meta-update (an SGD step of 1) with each named network, its inner loop
     adapting what the network says: the step sizes of the parameters it leaves alone get no
@@ -144,30 +143,20 @@ def metasgd_updates_of_every_network(rank, world_size):
     return updated
 
 
-def _metasgd_networks_worker(rank, world_size, port, path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    torch.set_default_dtype(torch.float64)
-    result = metasgd_updates_of_every_network(rank, world_size)
-    if rank == 0:
-        torch.save(result, path)
-    dist.barrier()
-    os._exit(0)
-
-
-def test_metasgd_with_every_network_in_two_processes_updates_as_one(tmp_path):
+def test_two_processes_give_the_meta_gradient_of_one(tmp_path):
+    """MAML, Reptile, Meta-SGD (with every network: official-cnn's inner loop leaves batch
+    norm alone, so its step sizes there have no gradient), Prototypical Networks and the CNP."""
     torch.set_default_dtype(torch.float64)
     try:
-        expected = metasgd_updates_of_every_network(0, 1)
+        expected = every_spread_update(0, 1)
     finally:
         torch.set_default_dtype(torch.float32)
     path = tmp_path / "result.pt"
-    mp.spawn(_metasgd_networks_worker, args=(2, free_port(), str(path)), nprocs=2)
-    updated = torch.load(path)
-    assert list(updated) == list(models.CONV_NETS)
-    for name in models.CONV_NETS:
-        assert relative_error(updated[name], expected[name]) < 1e-12, name
+    mp.spawn(_gradient_worker, args=(2, free_port(), str(path)), nprocs=2)
+    spread = torch.load(path)
+    assert list(spread) == list(expected) and len(spread) == len(SPREAD_CASES) + len(models.CONV_NETS)
+    for case in expected:
+        assert relative_error(spread[case], expected[case]) < 1e-12, case
 
 
 def _die_before_all_reduce_worker(rank, world_size, port, path):
@@ -303,11 +292,7 @@ def start_and_kill_after_first_checkpoint(args, run_dir, victim):
 SLOW = ["--hidden-units", "200", "--meta-batch-size", "100"]  # slow enough to be killed half way
 
 
-def test_killed_torchrun_run_resumes_under_torchrun_and_with_another_world_size(tmp_path):
-    args = sine(tmp_path / "straight", "--meta-iterations", "60", "--checkpoint-every", "10", *SLOW)
-    straight = subprocess.run([sys.executable, *args], cwd=ROOT, env=single_thread_env(), capture_output=True,
-                              timeout=240)
-    assert straight.returncode == 0
+def test_killed_torchrun_run_resumes_under_torchrun_and_with_another_world_size(tmp_path, straight_launched_sine):
     for name, resume_processes in (("two-two", 2), ("two-one", 1)):
         run_dir = tmp_path / name
         start_and_kill_after_first_checkpoint(sine(run_dir, "--meta-iterations", "60", "--checkpoint-every", "10", *SLOW),
@@ -321,7 +306,7 @@ def test_killed_torchrun_run_resumes_under_torchrun_and_with_another_world_size(
                                      capture_output=True, text=True, timeout=240)
         assert resumed.returncode == 0, resumed.stderr[-ERROR_TAIL:]
         assert ("resuming a run of 2 process(es) in 1" in resumed.stdout) == (resume_processes == 1)
-        assert_same_params(final_params(run_dir), final_params(tmp_path / "straight"))
+        assert_same_params(final_params(run_dir), final_params(straight_launched_sine))
         assert json.loads((run_dir / "results.json").read_text())["world_size"] == resume_processes
 
 
@@ -352,8 +337,19 @@ def launcher(*args, processes=2):
                           env=single_thread_env(), capture_output=True, text=True, timeout=240)
 
 
+@pytest.fixture(scope="module")
+def straight_launched_sine(tmp_path_factory):
+    """The run the signalled ones are compared with, launched uninterrupted, once for both."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    straight = launcher(*sine(run_dir, "--meta-iterations", "60", "--checkpoint-every", "10", "--log-every", "7",
+                              *SLOW))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    return run_dir
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_launcher_stops_every_process_with_its_code_and_resumes_to_the_same_run(tmp_path, signum):
+def test_a_signal_to_the_launcher_stops_every_process_with_its_code_and_resumes_to_the_same_run(
+        tmp_path, signum, straight_launched_sine):
     run_dir = tmp_path / "run"
     args = sine(run_dir, "--meta-iterations", "60", "--checkpoint-every", "10", "--log-every", "7", *SLOW)
     launch = subprocess.Popen([sys.executable, "distributed.py", "--processes", "2", *args], cwd=ROOT,
@@ -372,12 +368,9 @@ def test_a_signal_to_the_launcher_stops_every_process_with_its_code_and_resumes_
            f"--processes 2 sinusoid_maml.py" in output
     resumed = launcher("sinusoid_maml.py", "--resume", "--out-dir", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-ERROR_TAIL:]
-    straight = launcher(*sine(tmp_path / "straight", "--meta-iterations", "60", "--checkpoint-every", "10",
-                              "--log-every", "7", *SLOW))
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    assert all(torch.equal(a, b) for a, b in zip(final_params(run_dir), final_params(tmp_path / "straight")))
+    assert all(torch.equal(a, b) for a, b in zip(final_params(run_dir), final_params(straight_launched_sine)))
     # Every process's metric window was in the checkpoint: the row after the stop is the uninterrupted one.
-    assert metrics_rows(run_dir / "metrics.csv") == metrics_rows(tmp_path / "straight" / "metrics.csv")
+    assert metrics_rows(run_dir / "metrics.csv") == metrics_rows(straight_launched_sine / "metrics.csv")
 
 
 def test_the_launcher_exits_with_the_code_of_a_failure_in_its_processes(tmp_path):

@@ -282,7 +282,7 @@ def test_data_folder_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path, caps
 
 
 # ---- interruptions ------------------------------------------------------------------
-SINE_LONG = ["--meta-iterations", "1500", "--checkpoint-every", "250", "--log-every", "100", "--eval-tasks", "10",
+SINE_LONG = ["--meta-iterations", "600", "--checkpoint-every", "250", "--log-every", "100", "--eval-tasks", "10",
              "--eval-k-shots", "5", "--eval-steps", "2"]
 
 
@@ -350,7 +350,7 @@ signals.run_main(sinusoid_maml.main, {args!r})
 def test_a_signal_during_the_final_test_stops_at_once_and_the_resume_tests_again(tmp_path):
     run_dir = tmp_path / "run"
     args = ["--meta-iterations", "20", "--checkpoint-every", "20", "--eval-k-shots", "5,10,20,40,80",
-            "--eval-steps", "60", "--out-dir", str(run_dir)]
+            "--eval-steps", "60", "--eval-tasks", "20", "--out-dir", str(run_dir)]
     run = subprocess.run([sys.executable, "-c", SIGNAL_IN_THE_FINAL_TEST.format(root=ROOT, args=args)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 143 and "Traceback" not in run.stderr, run.stderr[-2000:]
