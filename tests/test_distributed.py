@@ -189,24 +189,33 @@ def test_a_process_that_dies_ends_the_others_collective_with_one_line(tmp_path):
 
 
 # ---- whole runs under torchrun --------------------------------------------------
-def test_torchrun_sinusoid_run_equals_one_process(tmp_path):
-    one = subprocess.run([sys.executable, *sine(tmp_path / "one")], cwd=ROOT, env=single_thread_env(),
+@pytest.fixture(scope="module")
+def one_process_sine(tmp_path_factory):
+    """The quick sinusoid run in one process, which the runs of two processes are compared with."""
+    run_dir = tmp_path_factory.mktemp("one") / "one"
+    one = subprocess.run([sys.executable, *sine(run_dir)], cwd=ROOT, env=single_thread_env(),
                          capture_output=True, text=True, timeout=240)
     assert one.returncode == 0, one.stderr[-2000:]
+    return run_dir
+
+
+def test_torchrun_sinusoid_run_equals_one_process(tmp_path, one_process_sine):
     two = torchrun(*sine(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-ERROR_TAIL:]
-    assert_same_params(final_params(tmp_path / "two"), final_params(tmp_path / "one"))
-    results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two")}
+    assert_same_params(final_params(tmp_path / "two"), final_params(one_process_sine))
+    results = {n: json.loads((folder / "results.json").read_text())
+               for n, folder in (("one", one_process_sine), ("two", tmp_path / "two"))}
     assert results["one"]["world_size"] == 1 and results["two"]["world_size"] == 2
     assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
     mse_one, mse_two = (torch.tensor(results[n]["mse"]["maml"]["5"]["mean"]) for n in ("one", "two"))
     torch.testing.assert_close(mse_two, mse_one, rtol=1e-5, atol=1e-6)
-    rows = {n: (tmp_path / n / "metrics.csv").read_text().splitlines() for n in ("one", "two")}
+    rows = {n: (folder / "metrics.csv").read_text().splitlines()
+            for n, folder in (("one", one_process_sine), ("two", tmp_path / "two"))}
     assert len(rows["one"]) == len(rows["two"]) == 7  # rank 0 alone wrote its rows
     assert "1 process" not in two.stdout and two.stdout.count('"world_size": 2') == 1  # printed once
 
 
-def test_two_torchrun_nodes_on_localhost_equal_one_process(tmp_path):
+def test_two_torchrun_nodes_on_localhost_equal_one_process(tmp_path, one_process_sine):
     port = free_port()
     logs = [open(tmp_path / f"node{rank}.log", "w") for rank in range(2)]  # files: a full pipe cannot block a node
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
@@ -222,10 +231,7 @@ def test_two_torchrun_nodes_on_localhost_equal_one_process(tmp_path):
     outputs = [(tmp_path / f"node{rank}.log").read_text() for rank in range(2)]
     assert codes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert not (tmp_path / "node1").exists()  # the process of rank 1 writes nothing
-    one = subprocess.run([sys.executable, *sine(tmp_path / "one")], cwd=ROOT, env=single_thread_env(),
-                         capture_output=True, text=True, timeout=240)
-    assert one.returncode == 0
-    assert_same_params(final_params(tmp_path / "node0"), final_params(tmp_path / "one"))
+    assert_same_params(final_params(tmp_path / "node0"), final_params(one_process_sine))
 
 
 def test_torchrun_omniglot_run_equals_one_process_and_stops_together(real_data_dir, tmp_path):

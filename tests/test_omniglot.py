@@ -350,10 +350,12 @@ def test_every_algorithm_gives_the_same_outputs_and_adapts_at_test_as_it_trains(
         assert not list(out.glob("results-*"))
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "reptile", "metasgd", "protonet", "cnp"])
+@pytest.mark.parametrize("algorithm", ["maml", "reptile", "metasgd", "protonet", "protonet+running", "cnp"])
 def test_killed_and_resumed_run_equals_uninterrupted_run(synthetic_dir, tmp_path, monkeypatch, algorithm):
+    """protonet+running: its batch-norm statistics, averaged in meta-training, resumed with the parameters."""
+    algorithm, *running = algorithm.split("+")
     args = [*QUICK, "--meta-iterations", "6", "--n-way", "2", "--algorithm", algorithm, *SYNTHETIC_SETTINGS.get(algorithm, []),
-            "--meta-lr-halving", "3", "--data-dir", str(synthetic_dir)]
+            "--meta-lr-halving", "3", "--data-dir", str(synthetic_dir), *(["--batch-norm", "running"] if running else [])]
     straight = omniglot_maml.main([*args, "--out-dir", str(tmp_path / "straight")])
 
     sample = omniglot_data.TaskSampler.sample
