@@ -421,16 +421,22 @@ sys.exit(5)
 """
 
 
-def test_the_launcher_reports_the_process_that_failed_first_in_time(tmp_path, monkeypatch, capsys):
-    script = tmp_path / "fails.py"
-    script.write_text(FAILS_IN_RANK_1)
+def launch_in_this_process(tmp_path, source):
+    """distributed.launch of a script of that source in 2 processes; its exit code. The
+    signal handlers it sets are put back."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    monkeypatch.setattr(distributed, "FAILURE_GRACE_SECONDS", 0.5)
     try:
-        code = distributed.launch(2, [str(script)])
+        return distributed.launch(2, [str(script)])
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def test_the_launcher_reports_the_process_that_failed_first_in_time(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(distributed, "FAILURE_GRACE_SECONDS", 0.5)
+    code = launch_in_this_process(tmp_path, FAILS_IN_RANK_1)
     # Process 0, ended by the launcher half a second later (killed: 137), comes first in rank order.
     assert code == 3 and "error: process 1 of 2 failed first (exit code 3)" in capsys.readouterr().err
 
@@ -446,16 +452,9 @@ sys.exit(1)
 
 def test_the_launcher_blames_a_process_a_signal_ended_over_one_that_failed_in_the_same_look(
         tmp_path, monkeypatch, capsys):
-    script = tmp_path / "killed.py"
-    script.write_text(KILLED_IN_RANK_1)
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     sleep = time.sleep
     monkeypatch.setattr(distributed.time, "sleep", lambda seconds: sleep(2.0))  # both have ended at the next look
-    try:
-        code = distributed.launch(2, [str(script)])
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    code = launch_in_this_process(tmp_path, KILLED_IN_RANK_1)
     assert code == 137 and "error: process 1 of 2 failed first (killed by signal 9)" in capsys.readouterr().err
     assert distributed.failed_first([1, -9, None]) == (1, -9) and distributed.failed_first([None, 3, 1]) == (1, 3)
     assert distributed.failed_first([0, None]) is None
