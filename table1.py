@@ -272,6 +272,8 @@ def protocol_notes(cell, config, results, others):
             notes.append(f"meta step annealed to 0 over {planned:,} iterations")
     if family == "protonet":
         notes.append("the paper: Vinyals et al.'s 1200 training characters, test classes rotated too")
+    if config.get("batch_norm", "transductive") != "transductive":
+        notes.append("batch norm with running statistics at test, as its paper's code (not transductive)")
     notes.append("1100 train + 100 validation characters (paper: 1200 train)" if config["split"] == "paper"
                  else "background/evaluation alphabets (paper: 1200/423 random characters)")
     paper_values = {**{k: v for k, v in paper.items() if k != "meta_iterations"}, **PAPER_SETTINGS}
@@ -327,7 +329,7 @@ def table(records, split, notes=True):
     lines += ["", f"Split: {split}. Test accuracy of the best-validation parameters on "
               "600 fixed test tasks (unless said), after 3 steps (5-way) or 5 (20-way), 50 Adam steps for Reptile, "
               "1 step of its learned sizes for Meta-SGD, one pass for Prototypical Networks; "
-              "batch norm transductive as in the paper's code; test classes not rotated (the official "
+              "batch norm transductive as in the paper's code and test classes not rotated (the official "
               "code rotates them) unless a note says so. Training time includes validation, not the test-curve "
               "points. Extrapolated: a power law fitted to the test error of the second half of the test curve, "
               "on the run's own device."]

@@ -130,6 +130,10 @@ def test_a_cell_with_records_of_other_seeds_and_networks_has_a_row_for_each_sett
            "| cnn | seed 0's: 100 |" in rows["fomaml-5w1s"]
     assert "| 97.00 ± 1.00 | official-cnn | 100 |" in rows["fomaml-5w1s+official-cnn"]
     assert "fomaml-5w1s-seed1" not in rows and "| not run |" in rows["fomaml-5w5s"]
+    running = dict(algorithm="protonet", model="cnn", n_way=5, k_shot=1, split="paper", meta_iterations=100,
+                   batch_norm="running", meta_lr=1e-3, rotate_test_classes=False)
+    results = dict(test=dict(meta_iterations=100, headline_step=0))
+    assert "batch norm with running statistics at test" in table1.protocol_notes("protonet-5w1s", running, results, {})
     assert table1.record_name("protonet-5w1s", dict(model="cnn", batch_norm="running", seed=3)) == \
         "protonet-5w1s+running-batch-norm-seed3"
     assert table1.record_name("mlp-5w1s", dict(model="mlp", seed=0)) == "mlp-5w1s"
