@@ -34,12 +34,19 @@ NOT_SETTINGS = {"out_dir", "resume", "eval_only", "data_dir", "device"}
 
 def seed_groups(configs):
     """The configs (run settings, dicts) grouped by what they set but their seed: lists of
-    indices, in the order of each group's first config (a run alone is a group of one)."""
-    groups = {}
+    indices, in the order of each group's first config (a run alone is a group of one). A
+    setting one config lacks does not tell it from another: the scripts gained it after
+    that run, with a default that keeps what they did before."""
+    groups = []  # (the settings of a group's first config, its indices)
     for index, config in enumerate(configs):
-        key = json.dumps({k: v for k, v in config.items() if k not in NOT_SETTINGS | {"seed"}}, sort_keys=True)
-        groups.setdefault(key, []).append(index)
-    return list(groups.values())
+        settings = {key: value for key, value in config.items() if key not in NOT_SETTINGS | {"seed"}}
+        group = next((indices for first, indices in groups
+                      if all(first[key] == settings[key] for key in first.keys() & settings.keys())), None)
+        if group is None:
+            groups.append((settings, [index]))
+        else:
+            group.append(index)
+    return [indices for _, indices in groups]
 
 
 def spread(values, digits):
