@@ -413,9 +413,8 @@ class Run:
         it whole: averaged, not summed) or own_task_means (a mean over this process's
         own tasks of the meta-batch: weighted by its share of them)."""
         self.recorded, self.evaluated, self.same_in_every_process = recorded, evaluated, same_in_every_process
-        my_tasks = self.share(self.meta_batch_size) if own_task_means else slice(0, 0)
-        self.weights = {name: (my_tasks.stop - my_tasks.start) / self.meta_batch_size if name in own_task_means
-                        else 1 for name in recorded}
+        my_tasks = self.share(self.meta_batch_size) if own_task_means else None
+        self.own_share = {name: (my_tasks.stop - my_tasks.start) / self.meta_batch_size for name in own_task_means}
         self.keeps_best = "validation_accuracy" in evaluated
         if self.keeps_best and self.checkpoint:
             self._restore_best()
@@ -461,7 +460,8 @@ class Run:
         mean, or a whole value for same_in_every_process), kept until the next row.
         Returns what is due now (Due); a row is then open for log() and validated()."""
         for name, value in values.items():
-            self.windows[name].append(value.detach() * self.weights[name])
+            self.windows[name].append(value.detach() * self.own_share[name] if name in self.own_share
+                                      else value.detach())
         self.forecast.update(self.done)
         over_budget = 0 < self.budget <= self.stopwatch.seconds()
         out_of_time = over_budget and self.world_size == 1  # several processes agree to stop at a row

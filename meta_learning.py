@@ -407,10 +407,11 @@ def one_pass_step(learner, params, optimizer, one_task, task_params, support, qu
     return loss.detach(), *outputs
 
 
-def task_features(learner, body, support_x, query_x):
+def task_features(learner, body, support_x, query_x, **batch_norm):
     """The support and query examples' features, from one pass of the network's body
-    over both (its batch norm sees the task's images together, as MAML's sees a set)."""
-    features = learner.features(body, torch.cat([support_x, query_x]))
+    over both (its batch norm sees the task's images together, as MAML's sees a set;
+    batch_norm: the features function's statistics or collected, models.normalized_layer)."""
+    features = learner.features(body, torch.cat([support_x, query_x]), **batch_norm)
     return features[:len(support_x)], features[len(support_x):]
 
 
@@ -432,8 +433,8 @@ def protonet_parameters(learner, network, generator):
     return network[:-HEAD]
 
 
-def protonet_logits(learner, body, support_x, support_y, query_x, n_classes):
-    support_features, query_features = task_features(learner, body, support_x, query_x)
+def protonet_logits(learner, body, support_x, support_y, query_x, n_classes, **batch_norm):
+    support_features, query_features = task_features(learner, body, support_x, query_x, **batch_norm)
     return prototype_logits(support_features, support_y, query_features, n_classes)
 
 
@@ -467,9 +468,8 @@ def protonet_running_update(learner, params, optimizer, support, query, iteratio
 
     def one_task(p, support_x, support_y, query_x, query_y):
         collected = []
-        features = learner.features(p, torch.cat([support_x, query_x]), collected=collected)
-        logits = prototype_logits(features[:len(support_x)], support_y, features[len(support_x):],
-                                  learner.train_classes or learner.n_classes)
+        logits = protonet_logits(learner, p, support_x, support_y, query_x, learner.train_classes or learner.n_classes,
+                                 collected=collected)
         return learner.loss_fn(logits, query_y), logits, collected
 
     loss, logits, collected = one_pass_step(learner, params, optimizer, one_task, body, support, query, iteration)
@@ -482,8 +482,7 @@ def protonet_running_update(learner, params, optimizer, support, query, iteratio
 
 def protonet_running_logits(learner, params, support_x, support_y, query_x, n_classes):
     body, running = running_statistics(params)
-    features = learner.features(body, torch.cat([support_x, query_x]), statistics=running)
-    return prototype_logits(features[:len(support_x)], support_y, features[len(support_x):], n_classes)
+    return protonet_logits(learner, body, support_x, support_y, query_x, n_classes, statistics=running)
 
 
 def classification_loss(learner, logits, y):
@@ -571,8 +570,14 @@ BATCH_NORM = ("transductive", "running")
 
 
 def choose(name, batch_norm="transductive"):
-    """The algorithm of that name, with batch norm as asked."""
-    return RUNNING_BATCH_NORM[name] if batch_norm == "running" else ALGORITHMS[name]
+    """The algorithm of that name, with batch norm as asked; one line for running statistics
+    asked of an algorithm without them."""
+    if batch_norm != "running":
+        return ALGORITHMS[name]
+    if name not in RUNNING_BATCH_NORM:
+        utils.fail(f"--batch-norm running applies to {', '.join(RUNNING_BATCH_NORM)}, not {name}, whose test "
+                   f"adapts each task with its own images' statistics")
+    return RUNNING_BATCH_NORM[name]
 
 
 def free_on_resume(config):

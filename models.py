@@ -44,20 +44,14 @@ def batch_normalize(h, gamma, beta, dims, eps=BATCH_NORM_EPS, statistics=None):
     return normalized + beta.view(shape)
 
 
-def batch_statistics(h, dims):
-    """What a running average of batch norm's statistics takes from the batch h: the mean
-    and the unbiased variance per channel (as torch's batch norm)."""
-    count = h.numel() // h.shape[1]
-    return h.mean(dims), h.var(dims, correction=1) if count > 1 else h.var(dims, correction=0)
-
-
-def normalized_layer(h, gamma, beta, dims, eps, statistics, collected):
-    """batch_normalize with the statistics given for this layer (statistics: a list of
-    (mean, variance), one per layer, consumed in order; None: the batch's own); with
-    collected (a list), the batch's statistics of this layer are appended to it."""
+def normalized_layer(h, gamma, beta, dims, eps, layer, statistics, collected):
+    """batch_normalize of the layer-th batch-norm layer, with statistics[layer] (statistics: a
+    list of (mean, variance), one per layer; None: the batch's own); with collected (a list),
+    what a running average takes from this batch is appended to it: the mean and the
+    unbiased variance per channel (as torch's batch norm)."""
     if collected is not None:
-        collected.append(batch_statistics(h, dims))
-    return batch_normalize(h, gamma, beta, dims, eps, statistics.pop(0) if statistics is not None else None)
+        collected.append((h.mean(dims), h.var(dims, correction=1)))
+    return batch_normalize(h, gamma, beta, dims, eps, None if statistics is None else statistics[layer])
 
 
 def _uniform(shape, fan_in, generator, dtype):
@@ -87,11 +81,10 @@ def mlp_features(body, x, batch_norm=False, statistics=None, collected=None):
     last hidden layer's activations for x of shape (batch, in_features). statistics and
     collected: batch norm's, as in normalized_layer."""
     per_hidden = 3 if batch_norm else 2
-    statistics = None if statistics is None else list(statistics)
     for i in range(len(body) // per_hidden):
         layer = body[i * per_hidden:(i + 1) * per_hidden]
         if batch_norm:
-            x = normalized_layer(F.linear(x, layer[0]), layer[1], layer[2], (0,), BATCH_NORM_EPS, statistics,
+            x = normalized_layer(F.linear(x, layer[0]), layer[1], layer[2], (0,), BATCH_NORM_EPS, i, statistics,
                                  collected)
         else:
             x = F.linear(x, layer[0], layer[1])
@@ -196,7 +189,6 @@ def cnn_features(body, x, net=CNN, statistics=None, collected=None):
     """
     per_block = net.per_block()
     stride = 1 if net.max_pool else 2
-    statistics = None if statistics is None else list(statistics)
     for i in range(len(body) // per_block):
         block = body[per_block * i:per_block * (i + 1)]
         weight, bias, beta = block[0], block[1] if net.conv_bias else None, block[-1]
@@ -205,7 +197,7 @@ def cnn_features(body, x, net=CNN, statistics=None, collected=None):
             x = F.conv2d(tf_same_pad(x, stride), weight, bias, stride=stride)
         else:
             x = F.conv2d(x, weight, bias, stride=stride, padding=1)
-        x = torch.relu(normalized_layer(x, gamma, beta, (0, 2, 3), net.batch_norm_eps, statistics, collected))
+        x = torch.relu(normalized_layer(x, gamma, beta, (0, 2, 3), net.batch_norm_eps, i, statistics, collected))
         if net.max_pool:
             x = F.max_pool2d(x, 2)
     return x.mean(dim=(2, 3))

@@ -284,6 +284,15 @@ def split_characters(names, split):
 
 
 # ---- tasks -----------------------------------------------------------------------
+def task_samplers(images, names, split, rotate_test_classes, device):
+    """Task samplers of the split's meta-training characters (rotations as new classes, as
+    the paper's), validation and test characters (rotated too when rotate_test_classes)."""
+    train, validation, test = split_characters(names, split)
+    return {"train": TaskSampler(images[train], rotations=True, device=device),
+            "validation": TaskSampler(images[validation], rotate_test_classes, device),
+            "test": TaskSampler(images[test], rotate_test_classes, device)}
+
+
 class TaskSampler:
     """N-way tasks from a set of characters held as one float tensor on the device.
 

@@ -10,8 +10,7 @@ Networks and a Conditional Neural Process (docs/algorithms.md).
 Every value in CONFIG can be overridden as --name value (dashes for underscores).
 A run writes config.json, metrics.csv, checkpoint.pt (latest), best.pt (best
 validation accuracy), results.json and plots to its folder; --resume continues it.
-The data, splits, network (batch norm is transductive unless --batch-norm running) and protocol:
-docs/omniglot.md.
+The data, splits, network, batch norm and protocol: docs/omniglot.md.
 """
 import sys
 
@@ -46,9 +45,8 @@ CONFIG = dict(
                                 # (as the paper's code builds it) | maxpool | mlp (256-128-64-64, "no conv");
                                 # and the variants between cnn and official-cnn of the first-order ablation
     rotate_test_classes=False,  # rotations as new classes for validation/test too (the official code does)
-    batch_norm="transductive",  # transductive: each task normalised with its own images' statistics (the
-                                # paper's code) | running: statistics averaged in meta-training, used at
-                                # validation and test (Prototypical Networks' code; protonet only)
+    batch_norm="transductive",  # transductive: each task's own statistics (the paper's code) | running: averaged
+                                # in meta-training, used at test (Prototypical Networks' code; protonet only)
     # Meta-training (None: the paper's value for the N-way and the algorithm, PAPER_DEFAULTS below;
     # fomaml and anil take maml's)
     meta_lr=1e-3,               # Adam, outer loop (all but reptile)
@@ -87,9 +85,8 @@ CONFIG = dict(
     eval_only=False,            # only test the run's best checkpoint; given other --rotate-test-classes,
                                 # --test-tasks or --test-steps, into results-<key>=<value>.json beside the run's
 )
-# Paper settings, their sources and where ours differ: docs/omniglot.md#paper-settings. The
-# paper's code sums the cross-entropy over the N classes; we take the mean, so the inner
-# SGD step is inner_lr x N. Other N-ways take the 5-way values below 20, the 20-way above.
+# Paper settings, their sources and where ours differ (inner_lr x N): docs/omniglot.md#paper-settings.
+# Other N-ways take the 5-way values below 20, the 20-way above.
 MAML_5, MAML_20 = (dict(meta_iterations=60_000, meta_batch_size=32, inner_lr=0.4, inner_steps=1, test_steps=3),
                    dict(meta_iterations=60_000, meta_batch_size=16, inner_lr=0.1, inner_steps=5, test_steps=5))
 PROTONET = dict(meta_iterations=20_000, meta_batch_size=1, test_steps=0, train_way=60, train_queries=5,
@@ -114,8 +111,6 @@ REPORTED_STEPS = 10  # test accuracy is reported after 0..max(10, test_steps) st
 VALIDATION_SEED, TEST_SEED = 1, 2  # the same validation and test tasks for every run
 CHUNK_TASKS = 50  # tasks adapted at once during validation and test (a step of their progress bar)
 TEST_ONLY_KEYS = ("rotate_test_classes", "test_tasks", "test_steps")  # --eval-only may change these
-
-
 STEP_KEYS = ("inner_lr", "inner_steps", "test_steps")  # settings of the algorithms that adapt by gradient steps
 
 
@@ -134,11 +129,10 @@ def resolve_paper_defaults(cfg):
 def refuse_step_settings(cfg, given):
     """One line for a setting of gradient steps given to an algorithm that predicts in one pass
     (checked again once a resumed or tested run's own algorithm is known)."""
-    if not meta_learning.ALGORITHMS[cfg.algorithm].steps:
-        for key in STEP_KEYS:
-            if key in given:
-                utils.fail(f"--{key.replace('_', '-')} does not apply to {cfg.algorithm}, which predicts in one "
-                           f"pass from the support set, without gradient steps")
+    step_settings = [key for key in STEP_KEYS if key in given]
+    if step_settings and not meta_learning.ALGORITHMS[cfg.algorithm].steps:
+        utils.fail(f"--{step_settings[0].replace('_', '-')} does not apply to {cfg.algorithm}, which predicts in one "
+                   f"pass from the support set, without gradient steps")
 
 
 def validate(cfg, given):
@@ -151,9 +145,6 @@ def validate(cfg, given):
                       test_tasks=2),  # 2 tasks at least for a confidence interval
         positive=("meta_lr", "reptile_meta_step"),
         zero_is_off=dict(train_minutes="no limit", test_every="only the final test", meta_lr_halving="constant"))
-    if cfg.batch_norm == "running" and cfg.algorithm not in meta_learning.RUNNING_BATCH_NORM:
-        utils.fail(f"--batch-norm running applies to {', '.join(meta_learning.RUNNING_BATCH_NORM)}, not "
-                   f"{cfg.algorithm}, whose test adapts each task with its own images' statistics")
     refuse_step_settings(cfg, given)
     algorithm = meta_learning.choose(cfg.algorithm, cfg.batch_norm)
     if algorithm.steps:
@@ -228,12 +219,7 @@ def task_samplers(cfg, run):
             images, names = omniglot_data.load_omniglot(cfg.data_dir)
         except omniglot_data.DataError as error:
             utils.fail(str(error))
-    train_chars, validation_chars, test_chars = omniglot_data.split_characters(names, cfg.split)
-    samplers = {
-        "train": omniglot_data.TaskSampler(images[train_chars], rotations=True, device=run.device),
-        "validation": omniglot_data.TaskSampler(images[validation_chars], cfg.rotate_test_classes, run.device),
-        "test": omniglot_data.TaskSampler(images[test_chars], cfg.rotate_test_classes, run.device),
-    }
+    samplers = omniglot_data.task_samplers(images, names, cfg.split, cfg.rotate_test_classes, run.device)
     for part, sampler in samplers.items():
         n_way, flag = (cfg.train_way, "--train-way") if part == "train" else (cfg.n_way, "--n-way")
         if n_way > sampler.n_classes:
