@@ -78,7 +78,7 @@ CONFIG = dict(
                                 # missing, and the cache; this and out_dir are relative to the current folder
     device="auto",              # auto | cpu | cuda
     threads=0,                  # torch threads per process (0: one per core that other jobs leave free,
-                                # read from the load average as the run starts)
+                                # measured over a quarter second as the run starts)
     seed=0,                     # seed of the initial parameters and of the training tasks
     out_dir="",                 # default: results/omniglot/<algorithm>-<split>-<N>w<K>s-seed<seed>[-<settings given>]
     resume=False,               # continue the run in out_dir from its checkpoint

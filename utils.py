@@ -35,11 +35,38 @@ def run_exit_tasks():
         _exit_tasks.pop()()
 
 
+def cpu_times(path="/proc/stat"):
+    """{cpu number: (busy ticks, all ticks)} since boot, from /proc/stat (busy: all but
+    idle and waiting for I/O; guest time is inside user time, so 8 fields)."""
+    times = {}
+    with open(path) as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                ticks = [int(field) for field in fields[:8]]
+                times[int(name[3:])] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))
+    return times
+
+
+def busy_cores(cores, seconds=0.25):
+    """How many of `cores` (cpu numbers) other jobs keep busy now: the share of each not
+    idle over `seconds` while this process sleeps, summed. The load average of the last
+    minute would lag: just after a job ends it still counts most of it. That load
+    average where /proc/stat is missing (not Linux)."""
+    try:
+        before = cpu_times()
+        time.sleep(seconds)
+        after = cpu_times()
+    except OSError:
+        return os.getloadavg()[0]
+    return sum((after[c][0] - before[c][0]) / max(1, after[c][1] - before[c][1]) for c in cores if c in after)
+
+
 def use_threads(threads):
     """Set torch's thread count for this process to `threads`; for 0, OMP_NUM_THREADS
     if it is set, else one thread per core that other jobs leave free: the cores this
-    process may use less the load average of the last minute, and at least one (on a
-    busy machine a thread too many is many times slower; one too few, under 2x).
+    process may use less those other jobs keep busy now (busy_cores), and at least one
+    (on a busy machine a thread too many is many times slower; one too few, under 2x).
     Returns a line that says how many and why."""
     import torch
     if threads < 0:
@@ -49,9 +76,10 @@ def use_threads(threads):
         return f"{threads} thread(s) per process (--threads)"
     if "OMP_NUM_THREADS" in os.environ:
         return f"{torch.get_num_threads()} thread(s) per process (OMP_NUM_THREADS)"
-    cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
-    torch.set_num_threads(max(1, round(cores - load)))
-    return (f"{torch.get_num_threads()} thread(s) per process: {cores} core(s), load average {load:.1f} from other "
+    cores = os.sched_getaffinity(0)
+    busy = busy_cores(cores)
+    torch.set_num_threads(max(1, round(len(cores) - busy)))
+    return (f"{torch.get_num_threads()} thread(s) per process: {len(cores)} core(s), {busy:.1f} busy with other "
             f"jobs (--threads N to choose)")
 
 

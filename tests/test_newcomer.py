@@ -22,18 +22,41 @@ from test_trust import SINE_QUICK
 
 
 # ---- threads -------------------------------------------------------------------------
-@pytest.mark.parametrize("load, threads", [(0.1, 2), (0.7, 1), (1.4, 1), (6.0, 1)])
-def test_threads_zero_takes_the_cores_other_jobs_leave_free(monkeypatch, load, threads):
+# The share of each core busy between two looks at /proc/stat: cores 0 and 1 are this
+# process's, core 2 (always busy) another's; the load average says 6, as just after a
+# heavy job ended, and is not read.
+@pytest.mark.parametrize("busy, threads", [((0.0, 0.1), 2), ((0.7, 0.0), 1), ((1.0, 0.4), 1), ((1.0, 1.0), 1)])
+def test_threads_zero_takes_the_cores_other_jobs_keep_busy_now(monkeypatch, busy, threads):
+    looks = iter([{0: (50, 100), 1: (50, 100), 2: (0, 100)},
+                  {0: (50 + 100 * busy[0], 200), 1: (50 + 100 * busy[1], 200), 2: (100, 200)}])
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(utils, "cpu_times", lambda: next(looks))
     monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(utils.os, "getloadavg", lambda: (load, 0.0, 0.0))
+    monkeypatch.setattr(utils.os, "getloadavg", lambda: (6.0, 0.0, 0.0))
     try:
         line = utils.use_threads(0)
         assert torch.get_num_threads() == threads
-        assert line == f"{threads} thread(s) per process: 2 core(s), load average {load:.1f} from other jobs " \
+        assert line == f"{threads} thread(s) per process: 2 core(s), {sum(busy):.1f} busy with other jobs " \
                        f"(--threads N to choose)"
     finally:
         torch.set_num_threads(1)
+
+
+def test_without_proc_stat_the_load_average_counts_the_busy_cores(monkeypatch):
+    def missing():
+        raise FileNotFoundError("/proc/stat")
+    monkeypatch.setattr(utils, "cpu_times", missing)
+    monkeypatch.setattr(utils.os, "getloadavg", lambda: (1.4, 0.0, 0.0))
+    assert utils.busy_cores({0, 1}) == 1.4
+
+
+def test_proc_stat_is_read_per_cpu_busy_against_all(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  30 0 10 100 5 0 0 0 0 0\n"
+                    "cpu0 20 1 5 50 4 2 1 3 7 0\n"
+                    "cpu1 10 0 5 50 1 0 0 0 0 0\n"
+                    "intr 12345 0 0\nctxt 99\n")
+    assert utils.cpu_times(str(stat)) == {0: (32, 86), 1: (15, 66)}
 
 
 def test_omp_num_threads_or_a_thread_count_given_is_taken_as_it_is(monkeypatch):

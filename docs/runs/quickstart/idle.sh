@@ -1,5 +1,5 @@
 #!/bin/bash
-# Idle measurements, one after another: the previous suite (e3e6b36) from a clean clone, then
+# Idle measurements, one after another: the previous suite (a7087c9) from a clean clone, then
 # the README's quick start as written, from a clean clone of HEAD.
 out=/work/main/results/measure
 step() {  # name, command...
@@ -8,7 +8,7 @@ step() {  # name, command...
   /usr/bin/time -f "$name %e s" -a -o $out/times.txt bash -c "$*" > $out/$name.log 2>&1
 }
 rm -rf /work/qs-old /work/qs-new
-git clone -q /work/main /work/qs-old && git -C /work/qs-old checkout -q e3e6b36
+git clone -q /work/main /work/qs-old && git -C /work/qs-old checkout -q a7087c9
 git clone -q /work/main /work/qs-new
 lscpu | grep "Model name" >> $out/times.txt
 step old-suite "cd /work/qs-old && CI=true python -m pytest -q tests"
